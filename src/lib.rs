@@ -1,0 +1,20 @@
+//! graphvcr: a recording/replay HTTP proxy for Microsoft Graph.
+//!
+//! # Layout
+//! - [`cli`]: clap types only; [`config`]: file + env + flags resolved into one [`config::Config`].
+//! - [`app`]: wiring: open the store once, build the upstream client, bind, serve, drain, flush.
+//! - [`server`]: the accept loop (HTTP/1.1 + HTTP/2, TLS, limits, graceful shutdown).
+//! - [`proxy`]: the per-request pipeline: body, normalise, key, mode, store or upstream, response.
+//! - [`matching`]: pure request normalisation and match keys.
+//! - [`redact`]: credentials removed before anything is stored or logged.
+//! - [`upstream`]: the pooled client to the real Graph (or a stand-in).
+//! - [`store`]: the only module that touches sled; group-commit durability.
+//! - [`record`]: the stored interaction format, versioned, and its export form.
+//! - [`graph`]: Graph knowledge: error envelope, request ids, the deviceStatuses schema.
+//! - [`emulate`]: the built-in Graph emulator.
+//! - [`tls`]: rustls set-up and certificate minting.
+//! - [`error`]: the proxy's error type and its mapping to status codes.
+
+pub mod graph;
+pub mod server;
+pub mod tls;
