@@ -142,14 +142,22 @@ pub fn parse_device_status_route(path: &str) -> Option<DeviceStatusRoute> {
     let rest = &segments[1..];
     let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     match rest {
-        [dm, dc, config, ds] if eq(dm, "deviceManagement") && eq(dc, "deviceConfigurations") && eq(ds, "deviceStatuses") => {
+        [dm, dc, config, ds]
+            if eq(dm, "deviceManagement")
+                && eq(dc, "deviceConfigurations")
+                && eq(ds, "deviceStatuses") =>
+        {
             Some(DeviceStatusRoute {
                 version,
                 configuration_id: (*config).to_owned(),
                 status_id: None,
             })
         }
-        [dm, dc, config, ds, id] if eq(dm, "deviceManagement") && eq(dc, "deviceConfigurations") && eq(ds, "deviceStatuses") => {
+        [dm, dc, config, ds, id]
+            if eq(dm, "deviceManagement")
+                && eq(dc, "deviceConfigurations")
+                && eq(ds, "deviceStatuses") =>
+        {
             Some(DeviceStatusRoute {
                 version,
                 configuration_id: (*config).to_owned(),
@@ -242,7 +250,10 @@ pub fn validate_device_status(body: &Value, version: ApiVersion) -> Vec<SchemaVi
             },
             PropertyType::Status => match value.as_str() {
                 Some(text) if DEVICE_STATUS_VALUES.contains(&text) => None,
-                _ => Some(format!("must be one of {}", DEVICE_STATUS_VALUES.join(", "))),
+                _ => Some(format!(
+                    "must be one of {}",
+                    DEVICE_STATUS_VALUES.join(", ")
+                )),
             },
             PropertyType::Int32 => match value.as_i64() {
                 Some(n) if i32::try_from(n).is_ok() => None,
@@ -298,7 +309,11 @@ pub fn is_date_time_offset(text: &str) -> bool {
         number(14..16),
         number(17..19),
     );
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return false;
     }
@@ -383,10 +398,11 @@ mod tests {
     #[test]
     fn schema_violations_are_all_reported() {
         let body = json!({"bogus": 1, "userName": 5, "platform": 3});
-        let pointers: Vec<String> = validate_device_status(&body, ApiVersion::V1)
+        let mut pointers: Vec<String> = validate_device_status(&body, ApiVersion::V1)
             .into_iter()
             .map(|v| v.pointer)
             .collect();
+        pointers.sort();
         assert_eq!(pointers, vec!["/bogus", "/platform", "/userName"]);
         let beta = validate_device_status(&json!({"platform": 3}), ApiVersion::Beta);
         assert!(beta.is_empty());
@@ -394,15 +410,21 @@ mod tests {
 
     #[test]
     fn routes() {
-        let route = parse_device_status_route("/v1.0//deviceManagement/deviceConfigurations/c1/deviceStatuses/s1")
-            .expect("route");
+        let route = parse_device_status_route(
+            "/v1.0//deviceManagement/deviceConfigurations/c1/deviceStatuses/s1",
+        )
+        .expect("route");
         assert_eq!(route.version, ApiVersion::V1);
         assert_eq!(route.configuration_id, "c1");
         assert_eq!(route.status_id.as_deref(), Some("s1"));
-        assert!(parse_device_status_route("/localtest/deviceManagement/deviceConfigurations/c/deviceStatuses/s").is_none());
-        let collection =
-            parse_device_status_route("/beta/deviceManagement/deviceConfigurations/c/deviceStatuses")
-                .expect("collection");
+        assert!(parse_device_status_route(
+            "/localtest/deviceManagement/deviceConfigurations/c/deviceStatuses/s"
+        )
+        .is_none());
+        let collection = parse_device_status_route(
+            "/beta/deviceManagement/deviceConfigurations/c/deviceStatuses",
+        )
+        .expect("collection");
         assert_eq!(collection.status_id, None);
     }
 
@@ -412,7 +434,9 @@ mod tests {
         assert_eq!(body["error"]["code"], "BadRequest");
         assert_eq!(body["error"]["innerError"]["request-id"], "r");
         assert_eq!(body["error"]["innerError"]["client-request-id"], "c");
-        let date = body["error"]["innerError"]["date"].as_str().unwrap_or_default();
+        let date = body["error"]["innerError"]["date"]
+            .as_str()
+            .unwrap_or_default();
         assert_eq!(date.len(), 19, "{date}");
     }
 }

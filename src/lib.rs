@@ -15,6 +15,19 @@
 //! - [`tls`]: rustls set-up and certificate minting.
 //! - [`error`]: the proxy's error type and its mapping to status codes.
 
+pub mod app;
+pub mod cassette;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod emulate;
+pub mod error;
 pub mod graph;
+pub mod matching;
+pub mod proxy;
+pub mod record;
+pub mod redact;
 pub mod server;
+pub mod store;
 pub mod tls;
+pub mod upstream;

@@ -18,7 +18,10 @@ pub enum TlsError {
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
     #[error("certificate from {path} is not usable as a trust anchor: {source}")]
-    BadCertificate { path: PathBuf, source: rustls::Error },
+    BadCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
     #[error("cannot mint a certificate: {0}")]

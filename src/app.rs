@@ -1,0 +1,214 @@
+//! Wiring: open the store once, build the upstream client, bind, serve, drain, flush.
+//!
+//! Servers are started from an already-resolved config and return a handle with their
+//! real address, so the CLI, the demo and the tests start them the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::emulate::{Emulator, EmulatorOptions};
+use crate::proxy::Proxy;
+use crate::redact::Redactor;
+use crate::server::{self, Limits};
+use crate::store::{Owner, Store, StoreError};
+use crate::tls::{self, TlsError};
+use crate::upstream::Upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running server: its address and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+fn spawn<H: server::Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    handler: Arc<H>,
+) -> Result<Running, AppError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Other(format!("listener has no address: {e}")))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let task = tokio::spawn(server::serve(
+        listener,
+        acceptor,
+        limits,
+        handler,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// The proxy with its store; stopping it also flushes and releases the store.
+pub struct ProxyServer {
+    pub running: Running,
+    pub proxy: Proxy,
+    pub store: Store,
+}
+
+impl ProxyServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+
+    pub async fn stop(self) -> Result<(), AppError> {
+        self.running.stop().await;
+        self.store.close()?;
+        Ok(())
+    }
+}
+
+/// Opens the store, builds the upstream client and starts serving.
+pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
+    let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)?;
+    store.start_flusher();
+    let upstream = Upstream::new(&config.upstream)?;
+    let proxy = Proxy::new(
+        config.proxy.clone(),
+        store.clone(),
+        upstream,
+        Redactor::default(),
+    );
+    let listener = bind(config.proxy.listen).await?;
+    let limits = Limits {
+        max_connections: config.proxy.max_connections,
+        header_read_timeout: config.proxy.header_read_timeout,
+        max_header_bytes: config.proxy.max_header_bytes,
+    };
+    let running = spawn(listener, None, limits, Arc::new(proxy.clone()))?;
+    store.write_owner(&Owner {
+        pid: std::process::id(),
+        admin: None,
+    });
+    Ok(ProxyServer {
+        running,
+        proxy,
+        store,
+    })
+}
+
+/// Starts the emulator, over TLS when `tls` is given.
+pub async fn start_emulator(
+    addr: SocketAddr,
+    options: EmulatorOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Running, AppError> {
+    let listener = bind(addr).await?;
+    spawn(
+        listener,
+        tls,
+        Limits::default(),
+        Arc::new(Emulator::new(options)),
+    )
+}
+
+/// `graphvcr serve`: runs until `shutdown` resolves, then drains and flushes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let server = start_proxy(&config).await?;
+    tracing::info!(
+        mode = %config.proxy.mode,
+        cassette = %config.proxy.cassette,
+        store = %config.store.path.display(),
+        upstream = %config.upstream.url,
+        "proxy started"
+    );
+    eprintln!("listening on http://{}", server.addr());
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.stop().await
+}
+
+/// `graphvcr emulate`: plain HTTP, or HTTPS with a fresh self-signed certificate whose
+/// PEM is written to `cert_out`.
+pub async fn emulate(
+    addr: SocketAddr,
+    options: EmulatorOptions,
+    cert_out: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let tls = match &cert_out {
+        None => None,
+        Some(path) => {
+            let minted = tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
+            tls::write_pem(path, &minted.cert_pem, false)?;
+            Some(minted.config)
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let running = start_emulator(addr, options, tls).await?;
+    eprintln!("listening on {scheme}://{}", running.addr);
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,141 @@
+//! Command-line types only. Values given here (or through `GRAPHVCR_*` variables, which
+//! clap reads into the same fields) override `config.toml`; `config` resolves them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Mode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "graphvcr",
+    version,
+    about = "Record and replay Microsoft Graph traffic through a local proxy"
+)]
+pub struct Cli {
+    /// Log format for the structured per-exchange lines on stderr.
+    #[arg(long, global = true, value_enum, env = "GRAPHVCR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the recording/replaying reverse proxy.
+    Serve(ServeArgs),
+    /// Run the built-in Graph emulator (deviceStatuses), for offline work and tests.
+    Emulate(EmulateArgs),
+    /// Emulator -> record -> replay in one process, then replay the shipped sample cassette.
+    Demo(DemoArgs),
+    /// Inspect and move cassettes.
+    #[command(subcommand)]
+    Cassette(CassetteCommand),
+}
+
+/// Flags of `serve`. Every field is optional so that "not given" falls through to the
+/// environment, then to the config file, then to the defaults.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// Config file; without it `./config.toml` is read when present.
+    #[arg(long, env = "GRAPHVCR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// record | replay | auto | passthrough.
+    #[arg(long, value_enum, env = "GRAPHVCR_MODE")]
+    pub mode: Option<Mode>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "GRAPHVCR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream base URL (scheme, host, optional port).
+    #[arg(long, env = "GRAPHVCR_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Extra PEM CA certificate(s) trusted for the upstream, besides the web roots.
+    #[arg(long, env = "GRAPHVCR_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Directory of the cassette store.
+    #[arg(long, env = "GRAPHVCR_STORE")]
+    pub store: Option<PathBuf>,
+    /// Cassette used by requests that do not name one.
+    #[arg(long, env = "GRAPHVCR_CASSETTE")]
+    pub cassette: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulateArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(
+        long,
+        env = "GRAPHVCR_EMULATE_LISTEN",
+        default_value = "127.0.0.1:7879"
+    )]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a fresh self-signed certificate for localhost and 127.0.0.1, written here.
+    #[arg(long)]
+    pub tls_cert_out: Option<PathBuf>,
+    /// Answer PATCH with 204 No Content instead of the documented 200 with the entity.
+    #[arg(long)]
+    pub patch_no_content: bool,
+    /// Accept requests without a bearer token.
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// After the demo, keep replaying the sample cassette on this address until Ctrl-C.
+    #[arg(long)]
+    pub serve: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CassetteCommand {
+    /// List the cassettes in the store.
+    List(StoreArgs),
+    /// Print a cassette's interactions in the export format.
+    Show {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a cassette as a reviewable JSON document (stdout unless --out).
+    Export {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Read an exported cassette document into the store.
+    Import {
+        file: PathBuf,
+        /// Store it under this name instead of the one in the file.
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a cassette and all its interactions.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Config file; without it `./config.toml` is read when present.
+    #[arg(long, env = "GRAPHVCR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the cassette store.
+    #[arg(long, env = "GRAPHVCR_STORE")]
+    pub store: Option<PathBuf>,
+}

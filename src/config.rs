@@ -1,0 +1,460 @@
+//! Configuration: flags > `GRAPHVCR_*` environment > config file > defaults, resolved once
+//! at start-up into one typed [`Config`]. Nothing reads the environment or files later.
+//!
+//! The file form has every field optional and rejects unknown keys, so a typo is an error
+//! naming the key rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{ServeArgs, StoreArgs};
+
+/// The built-in defaults, named so the docs, `config.toml` and the code agree.
+pub mod defaults {
+    use super::Mode;
+    pub const MODE: Mode = Mode::Replay;
+    pub const LISTEN: &str = "127.0.0.1:7878";
+    pub const CASSETTE: &str = "default";
+    pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const HEADER_READ_TIMEOUT: &str = "30s";
+    pub const BODY_READ_TIMEOUT: &str = "30s";
+    pub const MAX_CONNECTIONS: usize = 4096;
+    pub const PROVENANCE_HEADERS: bool = true;
+    pub const UPSTREAM: &str = crate::graph::DEFAULT_UPSTREAM;
+    pub const CONNECT_TIMEOUT: &str = "10s";
+    pub const RESPONSE_TIMEOUT: &str = "100s";
+    pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+    pub const STORE: &str = "cassettes/store";
+    pub const CACHE_CAPACITY_MB: u64 = 64;
+    pub const CONFIG_FILE: &str = "config.toml";
+}
+
+/// What the proxy does with each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Always forward; store every exchange.
+    Record,
+    /// Answer from the cassette only; never open a connection upstream.
+    Replay,
+    /// Replay on a match; otherwise forward and record.
+    Auto,
+    /// Forward; store nothing (the audit still sees it).
+    Passthrough,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::Replay => "replay",
+            Self::Auto => "auto",
+            Self::Passthrough => "passthrough",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "record" => Some(Self::Record),
+            "replay" => Some(Self::Replay),
+            "auto" => Some(Self::Auto),
+            "passthrough" => Some(Self::Passthrough),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The resolved configuration every component is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    /// Cassette for requests that do not name one with `x-graphvcr-cassette`.
+    pub cassette: String,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// Larger request heads get 431.
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// A client that has not finished its body by then gets 408.
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    /// Add `x-graphvcr-outcome` and friends to every response.
+    pub provenance_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Whole exchange: from sending the request to the last byte of the response body.
+    pub response_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// sled's page cache; bounds the proxy's memory with large cassettes.
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The file form: every field optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub proxy: FileProxy,
+    #[serde(default)]
+    pub upstream: FileUpstream,
+    #[serde(default)]
+    pub store: FileStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxy {
+    pub mode: Option<String>,
+    pub listen: Option<String>,
+    pub cassette: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub provenance_headers: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub max_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    pub path: Option<PathBuf>,
+    pub cache_capacity_mb: Option<u64>,
+}
+
+impl FileConfig {
+    /// Parses config text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.message().to_owned() + &span_hint(text, e.span()),
+        })
+    }
+
+    /// Reads `explicit`, else `./config.toml` when it exists, else nothing.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None => {
+                let default = PathBuf::from(defaults::CONFIG_FILE);
+                if !default.is_file() {
+                    return Ok(Self::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let content = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!(" (line {line}: `{content}`)")
+}
+
+impl Config {
+    /// Resolves `serve`'s flags (already merged with the environment by clap) over the file.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = FileConfig::load(args.config.as_deref())?;
+        Self::from_layers(args, file)
+    }
+
+    /// Resolves a command that only needs the store location.
+    pub fn resolve_store(args: &StoreArgs) -> Result<StoreConfig, ConfigError> {
+        let serve = ServeArgs {
+            config: args.config.clone(),
+            store: args.store.clone(),
+            ..ServeArgs::default()
+        };
+        Ok(Self::resolve(&serve)?.store)
+    }
+
+    /// The precedence rule itself, separated from I/O so it can be tested.
+    pub fn from_layers(args: &ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let FileConfig {
+            proxy,
+            upstream,
+            store,
+        } = file;
+        let mode = match (args.mode, proxy.mode) {
+            (Some(mode), _) => mode,
+            (None, Some(text)) => Mode::parse(&text).ok_or_else(|| ConfigError::Invalid {
+                key: "proxy.mode".into(),
+                message: format!("{text:?} is not one of record, replay, auto, passthrough"),
+            })?,
+            (None, None) => defaults::MODE,
+        };
+        let listen = match (args.listen, proxy.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => parse_addr("proxy.listen", &text)?,
+            (None, None) => parse_addr("proxy.listen", defaults::LISTEN)?,
+        };
+        let cassette = args
+            .cassette
+            .clone()
+            .or(proxy.cassette)
+            .unwrap_or_else(|| defaults::CASSETTE.to_owned());
+        validate_cassette_name("proxy.cassette", &cassette)?;
+        let url = args
+            .upstream
+            .clone()
+            .or(upstream.url)
+            .unwrap_or_else(|| defaults::UPSTREAM.to_owned());
+        validate_upstream_url(&url)?;
+        let positive = |key: &str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    message: "must be greater than 0".to_owned(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        Ok(Self {
+            proxy: ProxyConfig {
+                mode,
+                listen,
+                cassette,
+                max_body_bytes: positive(
+                    "proxy.max_body_bytes",
+                    proxy.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+                )?,
+                max_header_bytes: positive(
+                    "proxy.max_header_bytes",
+                    proxy.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
+                )?,
+                header_read_timeout: duration(
+                    "proxy.header_read_timeout",
+                    proxy.header_read_timeout.as_deref(),
+                    defaults::HEADER_READ_TIMEOUT,
+                )?,
+                body_read_timeout: duration(
+                    "proxy.body_read_timeout",
+                    proxy.body_read_timeout.as_deref(),
+                    defaults::BODY_READ_TIMEOUT,
+                )?,
+                max_connections: positive(
+                    "proxy.max_connections",
+                    proxy.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+                )?,
+                provenance_headers: proxy
+                    .provenance_headers
+                    .unwrap_or(defaults::PROVENANCE_HEADERS),
+            },
+            upstream: UpstreamConfig {
+                url,
+                ca_file: args.upstream_ca.clone().or(upstream.ca_file),
+                connect_timeout: duration(
+                    "upstream.connect_timeout",
+                    upstream.connect_timeout.as_deref(),
+                    defaults::CONNECT_TIMEOUT,
+                )?,
+                response_timeout: duration(
+                    "upstream.response_timeout",
+                    upstream.response_timeout.as_deref(),
+                    defaults::RESPONSE_TIMEOUT,
+                )?,
+                max_response_bytes: positive(
+                    "upstream.max_response_bytes",
+                    upstream
+                        .max_response_bytes
+                        .unwrap_or(defaults::MAX_RESPONSE_BYTES),
+                )?,
+            },
+            store: StoreConfig {
+                path: args
+                    .store
+                    .clone()
+                    .or(store.path)
+                    .unwrap_or_else(|| PathBuf::from(defaults::STORE)),
+                cache_capacity_bytes: store
+                    .cache_capacity_mb
+                    .unwrap_or(defaults::CACHE_CAPACITY_MB)
+                    .max(1)
+                    * 1024
+                    * 1024,
+            },
+        })
+    }
+}
+
+fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        key: key.to_owned(),
+        message: format!("{text:?} is not an ADDR:PORT socket address"),
+    })
+}
+
+fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or(default);
+    let parsed = humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+        key: key.to_owned(),
+        message: format!("{text:?} is not a duration like \"30s\" or \"2m\": {e}"),
+    })?;
+    if parsed.is_zero() {
+        return Err(ConfigError::Invalid {
+            key: key.to_owned(),
+            message: "must be longer than zero".to_owned(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Cassette names become key prefixes in the store and path segments in the admin API.
+pub fn validate_cassette_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.to_owned(),
+            message: format!("{name:?} is not a cassette name (1-128 of A-Z a-z 0-9 - _ .)"),
+        })
+    }
+}
+
+fn validate_upstream_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "upstream.url".to_owned(),
+        message,
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(invalid(format!(
+                "{url:?} must start with http:// or https://"
+            )))
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(invalid(format!("{url:?} has no host")));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(format!("{url:?} must not carry a query")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: ServeArgs, file: &str) -> Result<Config, ConfigError> {
+        Config::from_layers(&args, FileConfig::parse(file, Path::new("test.toml"))?)
+    }
+
+    #[test]
+    fn shipped_config_equals_the_defaults() {
+        let text = include_str!("../config.toml");
+        let shipped = resolve(ServeArgs::default(), text).expect("shipped config.toml parses");
+        let defaults = resolve(ServeArgs::default(), "").expect("defaults");
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let args = ServeArgs {
+            mode: Some(Mode::Record),
+            cassette: Some("flag".into()),
+            ..ServeArgs::default()
+        };
+        let config = resolve(
+            args,
+            "[proxy]\nmode = \"auto\"\ncassette = \"file\"\nlisten = \"127.0.0.1:9\"\n",
+        )
+        .expect("config");
+        assert_eq!(config.proxy.mode, Mode::Record);
+        assert_eq!(config.proxy.cassette, "flag");
+        assert_eq!(config.proxy.listen.port(), 9);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let check = |text: &str, needle: &str| {
+            let error = resolve(ServeArgs::default(), text)
+                .expect_err(text)
+                .to_string();
+            assert!(error.contains(needle), "{error:?} should name {needle:?}");
+        };
+        check("[proxy]\nmood = \"replay\"\n", "mood");
+        check("[nonsense]\n", "nonsense");
+        check("[proxy]\nmode = \"rewind\"\n", "proxy.mode");
+        check("[proxy]\nlisten = \"here\"\n", "proxy.listen");
+        check("[proxy]\ncassette = \"a/b\"\n", "proxy.cassette");
+        check("[upstream]\nurl = \"ftp://x\"\n", "upstream.url");
+        check(
+            "[upstream]\nconnect_timeout = \"soon\"\n",
+            "upstream.connect_timeout",
+        );
+        check("[proxy]\nmax_body_bytes = 0\n", "proxy.max_body_bytes");
+        check("[proxy]\nmax_body_bytes = \"big\"\n", "max_body_bytes");
+    }
+}

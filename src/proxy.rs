@@ -1,0 +1,583 @@
+//! The per-request pipeline:
+//! read body -> strip control and hop-by-hop headers -> redact -> match key -> mode ->
+//! (store | upstream) -> response with provenance headers.
+//!
+//! Errors become responses in exactly one place ([`Proxy::error_response`]), in Graph's
+//! error shape and marked as graphvcr's own with `x-graphvcr-outcome`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::config::{validate_cassette_name, Mode, ProxyConfig};
+use crate::error::{MissReport, Nearest, ProxyError};
+use crate::graph;
+use crate::matching::{self, MatchKey, Normalized};
+use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
+use crate::redact::Redactor;
+use crate::server::{Handler, ResponseFuture};
+use crate::store::Store;
+use crate::upstream::{Upstream, UpstreamResponse};
+
+/// Request header: which cassette this request uses.
+pub const CASSETTE_HEADER: &str = "x-graphvcr-cassette";
+/// Request header: which mode this request uses.
+pub const MODE_HEADER: &str = "x-graphvcr-mode";
+/// Response header: where the answer came from.
+pub const OUTCOME_HEADER: &str = "x-graphvcr-outcome";
+/// Response header: the recorded interaction's id.
+pub const INTERACTION_HEADER: &str = "x-graphvcr-interaction";
+/// Response header: `index/count` of the replayed episode (1-based index).
+pub const EPISODE_HEADER: &str = "x-graphvcr-episode";
+/// Prefix of every header graphvcr owns; none is forwarded or stored.
+pub const CONTROL_PREFIX: &str = "x-graphvcr-";
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Recorded,
+    Replayed,
+    /// Passthrough: forwarded, not stored.
+    Forwarded,
+    Miss,
+    UpstreamError,
+    /// Refused before any work: bad body, bad control header.
+    Rejected,
+    /// The store failed.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Replayed => "replayed",
+            Self::Forwarded => "forwarded",
+            Self::Miss => "miss",
+            Self::UpstreamError => "upstream_error",
+            Self::Rejected => "rejected",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Mode and cassette for requests that do not choose their own; switchable at run time.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub mode: Mode,
+    pub cassette: String,
+}
+
+/// The proxy handler. Clones share everything.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ProxyConfig,
+    defaults: RwLock<Defaults>,
+    store: Store,
+    upstream: Upstream,
+    redactor: Redactor,
+}
+
+/// A successful answer, before provenance headers are added.
+struct Served {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    outcome: Outcome,
+    interaction: Option<u64>,
+    episode: Option<(usize, usize)>,
+    upstream_latency: Option<Duration>,
+}
+
+/// What a request resolved to before the mode runs.
+struct Prepared {
+    mode: Mode,
+    cassette: String,
+    method: http::Method,
+    uri: String,
+    forward_headers: HeaderMap,
+    body: Bytes,
+    stored_request: RecordedRequest,
+    normalized: Normalized,
+    key: MatchKey,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, store: Store, upstream: Upstream, redactor: Redactor) -> Self {
+        let defaults = Defaults {
+            mode: config.mode,
+            cassette: config.cassette.clone(),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                defaults: RwLock::new(defaults),
+                store,
+                upstream,
+                redactor,
+            }),
+        }
+    }
+
+    pub fn defaults(&self) -> Defaults {
+        self.shared
+            .defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_defaults(&self, defaults: Defaults) {
+        *self
+            .shared
+            .defaults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = defaults;
+    }
+
+    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let client_request_id = request
+            .headers()
+            .get(graph::CLIENT_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let path = request.uri().path().to_owned();
+        let defaults = self.defaults();
+        let (response, outcome, status, detail) = match self.exchange(request, &defaults).await {
+            Ok((served, cassette)) => {
+                let status = served.status;
+                let outcome = served.outcome;
+                let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
+                let interaction = served.interaction;
+                tracing::info!(
+                    target: "graphvcr::exchange",
+                    %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
+                    %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    upstream_ms, interaction,
+                    "exchange"
+                );
+                (self.finish(served, &cassette), outcome, status, None)
+            }
+            Err(error) => {
+                let outcome = match &error {
+                    ProxyError::Miss(_) => Outcome::Miss,
+                    ProxyError::Upstream(_) => Outcome::UpstreamError,
+                    ProxyError::Store(_) => Outcome::Error,
+                    _ => Outcome::Rejected,
+                };
+                let status = error.status();
+                let response = self.error_response(&error, outcome, client_request_id.as_deref());
+                (response, outcome, status, Some(error.to_string()))
+            }
+        };
+        if let Some(detail) = detail {
+            let level_is_error = matches!(outcome, Outcome::Error);
+            if level_is_error {
+                tracing::error!(target: "graphvcr::exchange", %peer, %method, %path,
+                    status = status.as_u16(), outcome = outcome.as_str(), error = %detail, "exchange");
+            } else {
+                tracing::warn!(target: "graphvcr::exchange", %peer, %method, %path,
+                    status = status.as_u16(), outcome = outcome.as_str(), error = %detail,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange");
+            }
+        }
+        response
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Incoming>,
+        defaults: &Defaults,
+    ) -> Result<(Served, String), ProxyError> {
+        let prepared = self.prepare(request, defaults).await?;
+        let cassette = prepared.cassette.clone();
+        let served = match prepared.mode {
+            Mode::Replay => self.replay(&prepared)?,
+            Mode::Auto => match self.lookup(&prepared)? {
+                Some(served) => served,
+                None => self.forward(prepared, true).await?,
+            },
+            Mode::Record => self.forward(prepared, true).await?,
+            Mode::Passthrough => self.forward(prepared, false).await?,
+        };
+        Ok((served, cassette))
+    }
+
+    async fn prepare(
+        &self,
+        request: Request<Incoming>,
+        defaults: &Defaults,
+    ) -> Result<Prepared, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let cassette = match parts.headers.get(CASSETTE_HEADER) {
+            None => defaults.cassette.clone(),
+            Some(value) => {
+                let text = value.to_str().unwrap_or("");
+                validate_cassette_name(CASSETTE_HEADER, text).map_err(|_| {
+                    ProxyError::BadControlHeader {
+                        name: CASSETTE_HEADER,
+                        value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                        expected: "a cassette name of 1-128 characters from A-Z a-z 0-9 - _ .",
+                    }
+                })?;
+                text.to_owned()
+            }
+        };
+        let mode = match parts.headers.get(MODE_HEADER) {
+            None => defaults.mode,
+            Some(value) => value.to_str().ok().and_then(Mode::parse).ok_or_else(|| {
+                ProxyError::BadControlHeader {
+                    name: MODE_HEADER,
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    expected: "record, replay, auto or passthrough",
+                }
+            })?,
+        };
+        let body = self.read_body(&parts.headers, body).await?;
+        let forward_headers = forward_headers(&parts.headers);
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let redactor = &self.shared.redactor;
+        let stored_request = RecordedRequest {
+            method: parts.method.as_str().to_owned(),
+            uri: redactor.uri(&uri),
+            host: None,
+            headers: redactor.headers(&forward_headers),
+            body: redactor.body(content_type, &body),
+        };
+        let normalized = matching::normalize_recorded(&stored_request);
+        let key = normalized.key();
+        Ok(Prepared {
+            mode,
+            cassette,
+            method: parts.method,
+            uri,
+            forward_headers,
+            body,
+            stored_request,
+            normalized,
+            key,
+        })
+    }
+
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
+        let limit = self.shared.config.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        let timeout = self.shared.config.body_read_timeout;
+        match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(ProxyError::BodyTimeout(timeout)),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) => {
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    Err(ProxyError::BodyTooLarge { limit })
+                } else {
+                    Err(ProxyError::BodyRead(error.to_string()))
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, prepared: &Prepared) -> Result<Option<Served>, ProxyError> {
+        let Some(episode) = self
+            .shared
+            .store
+            .next_episode(&prepared.cassette, &prepared.key)?
+        else {
+            return Ok(None);
+        };
+        let recorded = episode.interaction.response;
+        Ok(Some(Served {
+            status: StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
+            headers: record::headers_to_map(&recorded.headers),
+            body: recorded.body,
+            outcome: Outcome::Replayed,
+            interaction: Some(episode.interaction.id),
+            episode: Some((episode.index, episode.count)),
+            upstream_latency: None,
+        }))
+    }
+
+    fn replay(&self, prepared: &Prepared) -> Result<Served, ProxyError> {
+        match self.lookup(prepared)? {
+            Some(served) => Ok(served),
+            None => Err(ProxyError::Miss(Box::new(self.miss_report(prepared)))),
+        }
+    }
+
+    /// Ranks the cassette's requests with the same method: same path first, then fewest
+    /// differences. Bounded, since a miss is already the slow path.
+    fn miss_report(&self, prepared: &Prepared) -> MissReport {
+        const SCANNED: usize = 5_000;
+        const SHOWN: usize = 3;
+        let received = &prepared.normalized;
+        let mut candidates: Vec<(bool, usize, Nearest)> = self
+            .shared
+            .store
+            .interactions(&prepared.cassette, SCANNED)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.request.method == received.method)
+            .map(|i| {
+                let recorded = matching::normalize_recorded(&i.request);
+                let differences = matching::differences(&recorded, received);
+                (
+                    recorded.path != received.path,
+                    differences.len(),
+                    Nearest {
+                        interaction: i.id,
+                        method: i.request.method,
+                        uri: i.request.uri,
+                        differences,
+                    },
+                )
+            })
+            .collect();
+        candidates.sort_by_key(|c| (c.0, c.1, c.2.interaction));
+        candidates.dedup_by(|a, b| a.2.uri == b.2.uri && a.2.differences == b.2.differences);
+        MissReport {
+            cassette: prepared.cassette.clone(),
+            method: received.method.clone(),
+            uri: prepared.stored_request.uri.clone(),
+            nearest: candidates.into_iter().take(SHOWN).map(|c| c.2).collect(),
+        }
+    }
+
+    async fn forward(&self, prepared: Prepared, store: bool) -> Result<Served, ProxyError> {
+        let UpstreamResponse {
+            status,
+            mut headers,
+            body,
+            latency,
+        } = self
+            .shared
+            .upstream
+            .send(
+                prepared.method,
+                &prepared.uri,
+                prepared.forward_headers,
+                prepared.body,
+            )
+            .await?;
+        strip_hop_by_hop(&mut headers);
+        if !store {
+            return Ok(Served {
+                status,
+                headers,
+                body,
+                outcome: Outcome::Forwarded,
+                interaction: None,
+                episode: None,
+                upstream_latency: Some(latency),
+            });
+        }
+        let redactor = &self.shared.redactor;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let interaction = Interaction {
+            schema: SCHEMA_VERSION,
+            id: 0,
+            cassette: prepared.cassette,
+            recorded_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            upstream_latency_ms: latency.as_secs_f64() * 1000.0,
+            request: prepared.stored_request,
+            response: RecordedResponse {
+                status: status.as_u16(),
+                headers: redactor.headers(&headers),
+                body: redactor.body(content_type, &body),
+            },
+        };
+        let stored = self.shared.store.append(prepared.key, interaction).await?;
+        Ok(Served {
+            status,
+            headers,
+            body,
+            outcome: Outcome::Recorded,
+            interaction: Some(stored.id),
+            episode: None,
+            upstream_latency: Some(latency),
+        })
+    }
+
+    fn finish(&self, served: Served, cassette: &str) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(served.body));
+        *response.status_mut() = served.status;
+        *response.headers_mut() = served.headers;
+        if self.shared.config.provenance_headers {
+            let headers = response.headers_mut();
+            set(headers, OUTCOME_HEADER, served.outcome.as_str());
+            set(headers, crate::proxy::CASSETTE_HEADER, cassette);
+            if let Some(id) = served.interaction {
+                set(headers, INTERACTION_HEADER, &id.to_string());
+            }
+            if let Some((index, count)) = served.episode {
+                set(headers, EPISODE_HEADER, &format!("{}/{}", index + 1, count));
+            }
+        }
+        response
+    }
+
+    fn error_response(
+        &self,
+        error: &ProxyError,
+        outcome: Outcome,
+        client_request_id: Option<&str>,
+    ) -> Response<Full<Bytes>> {
+        let message = error.to_string();
+        let mut response =
+            graph::error_response(error.status(), error.code(), &message, client_request_id);
+        if let ProxyError::Miss(report) = error {
+            let id = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let mut body = graph::error_body(
+                error.code(),
+                &message,
+                &id(graph::REQUEST_ID),
+                &id(graph::CLIENT_REQUEST_ID),
+            );
+            // Graph's optional `details` carries the nearest recordings for people;
+            // `graphvcr` carries the same, structured, for tools.
+            body["error"]["details"] = report
+                .nearest
+                .iter()
+                .map(|n| {
+                    let differing: Vec<String> = n
+                        .differences
+                        .iter()
+                        .map(|d| format!("{} (recorded {}, received {})", d.field, d.recorded, d.received))
+                        .collect();
+                    serde_json::json!({
+                        "code": "NearestRecordedRequest",
+                        "target": format!("{} {}", n.method, n.uri),
+                        "message": format!("interaction {} differs in: {}", n.interaction, differing.join("; ")),
+                    })
+                })
+                .collect();
+            body["error"]["graphvcr"] = serde_json::to_value(report.as_ref()).unwrap_or_default();
+            *response.body_mut() = Full::new(Bytes::from(body.to_string()));
+            // 599 has no standard reason phrase; HTTP/1.1 clients then see this one.
+            response
+                .extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Replay Miss"));
+        }
+        // graphvcr's own answers are always marked, whatever provenance_headers says.
+        set(response.headers_mut(), OUTCOME_HEADER, outcome.as_str());
+        response
+    }
+}
+
+impl Handler for Proxy {
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(self.clone().handle(request, peer))
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// The request headers to send upstream: no hop-by-hop headers, no `Host` (the client
+/// sets the upstream's), none of graphvcr's own.
+fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(CONTROL_PREFIX))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// Removes the fixed hop-by-hop set and every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().map(str::to_owned).chain(listed) {
+        headers.remove(name.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_own_headers_are_not_forwarded() {
+        let mut incoming = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "127.0.0.1:7878"),
+            ("x-graphvcr-cassette", "c"),
+            ("authorization", "Bearer t"),
+            ("content-type", "application/json"),
+        ] {
+            incoming.append(name, HeaderValue::from_static(value));
+        }
+        let forwarded = forward_headers(&incoming);
+        let mut names: Vec<&str> = forwarded.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["authorization", "content-type"]);
+    }
+}

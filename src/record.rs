@@ -1,0 +1,307 @@
+//! The stored interaction format (versioned) and the reviewable export document.
+//!
+//! Stored records keep bodies as exact bytes (base64 in the stored JSON) so replay is
+//! byte-identical. The export document is meant for people and git: pretty, stable
+//! order, JSON bodies as JSON values, text as text, binary as base64, and it reads back
+//! losslessly.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// Version of [`Interaction`]'s stored form. Bump it with a migration and a test that
+/// reads a fixture written by the previous version.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the export document.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// One recorded request/response pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interaction {
+    pub schema: u32,
+    /// Unique in the store, increasing in recording order.
+    pub id: u64,
+    pub cassette: String,
+    /// RFC 3339, UTC.
+    pub recorded_at: String,
+    /// Time from sending the request upstream to the last response byte.
+    pub upstream_latency_ms: f64,
+    pub request: RecordedRequest,
+    pub response: RecordedResponse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query exactly as the client sent them.
+    pub uri: String,
+    /// Target host in forward-proxy mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// After redaction; graphvcr's own `x-graphvcr-*` headers are never here.
+    pub headers: Vec<Header>,
+    #[serde(with = "base64_bytes")]
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedResponse {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    #[serde(with = "base64_bytes")]
+    pub body: Bytes,
+}
+
+/// A header as sent, in order. Values that are not UTF-8 are kept as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binary: bool,
+}
+
+impl Header {
+    pub fn new(name: &str, value: &[u8]) -> Self {
+        match std::str::from_utf8(value) {
+            Ok(text) => Self {
+                name: name.to_owned(),
+                value: text.to_owned(),
+                binary: false,
+            },
+            Err(_) => Self {
+                name: name.to_owned(),
+                value: BASE64.encode(value),
+                binary: true,
+            },
+        }
+    }
+
+    pub fn value_bytes(&self) -> Vec<u8> {
+        if self.binary {
+            BASE64.decode(&self.value).unwrap_or_default()
+        } else {
+            self.value.clone().into_bytes()
+        }
+    }
+}
+
+/// Headers in wire order.
+pub fn headers_from_map(map: &HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
+        .collect()
+}
+
+/// Rebuilds a header map; entries that are not valid HTTP headers are skipped (they
+/// could only come from a hand-edited import).
+pub fn headers_to_map(headers: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for header in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(&header.value_bytes()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// First value of a header, case-insensitively.
+pub fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name) && !h.binary)
+        .map(|h| h.value.as_str())
+}
+
+mod base64_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&BASE64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        BASE64
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Interaction {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The export document: one cassette, reviewable and diffable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDocument {
+    pub graphvcr_export: u32,
+    pub cassette: String,
+    pub interactions: Vec<ExportedInteraction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedInteraction {
+    pub id: u64,
+    pub recorded_at: String,
+    pub upstream_latency_ms: f64,
+    pub request: ExportedRequest,
+    pub response: ExportedResponse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedRequest {
+    pub method: String,
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub headers: Vec<Header>,
+    #[serde(flatten)]
+    pub body: ExportedBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedResponse {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    #[serde(flatten)]
+    pub body: ExportedBody,
+}
+
+/// A body in the most readable form that still gives back the exact bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportedBody {
+    /// Compact JSON whose re-serialisation is byte-identical to what was recorded.
+    #[serde(rename = "body_json")]
+    Json(Value),
+    #[serde(rename = "body_text")]
+    Text(String),
+    #[serde(rename = "body_base64")]
+    Base64(String),
+}
+
+impl ExportedBody {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            if serde_json::to_vec(&value).is_ok_and(|again| again == bytes) {
+                return Self::Json(value);
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::Text(text.to_owned()),
+            Err(_) => Self::Base64(BASE64.encode(bytes)),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Bytes, base64::DecodeError> {
+        Ok(match self {
+            Self::Json(value) => Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            Self::Text(text) => Bytes::from(text.clone()),
+            Self::Base64(text) => Bytes::from(BASE64.decode(text)?),
+        })
+    }
+}
+
+impl ExportedInteraction {
+    pub fn from_interaction(interaction: &Interaction) -> Self {
+        Self {
+            id: interaction.id,
+            recorded_at: interaction.recorded_at.clone(),
+            upstream_latency_ms: interaction.upstream_latency_ms,
+            request: ExportedRequest {
+                method: interaction.request.method.clone(),
+                uri: interaction.request.uri.clone(),
+                host: interaction.request.host.clone(),
+                headers: interaction.request.headers.clone(),
+                body: ExportedBody::from_bytes(&interaction.request.body),
+            },
+            response: ExportedResponse {
+                status: interaction.response.status,
+                headers: interaction.response.headers.clone(),
+                body: ExportedBody::from_bytes(&interaction.response.body),
+            },
+        }
+    }
+
+    /// Back to the stored form, under `cassette`; the id is assigned by the store.
+    pub fn into_interaction(self, cassette: &str) -> Result<Interaction, base64::DecodeError> {
+        Ok(Interaction {
+            schema: SCHEMA_VERSION,
+            id: self.id,
+            cassette: cassette.to_owned(),
+            recorded_at: self.recorded_at,
+            upstream_latency_ms: self.upstream_latency_ms,
+            request: RecordedRequest {
+                method: self.request.method,
+                uri: self.request.uri,
+                host: self.request.host,
+                headers: self.request.headers,
+                body: self.request.body.to_bytes()?,
+            },
+            response: RecordedResponse {
+                status: self.response.status,
+                headers: self.response.headers,
+                body: self.response.body.to_bytes()?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_bodies_round_trip_exactly() {
+        for bytes in [
+            &br#"{"b":1,"a":[true,null]}"#[..],
+            b"{ \"pretty\": true }\n",
+            b"plain text",
+            b"\xff\x00binary",
+            b"",
+        ] {
+            let exported = ExportedBody::from_bytes(bytes);
+            assert_eq!(
+                exported.to_bytes().expect("decodes"),
+                Bytes::copy_from_slice(bytes)
+            );
+        }
+        assert!(matches!(
+            ExportedBody::from_bytes(br#"{"b":1,"a":2}"#),
+            ExportedBody::Json(_)
+        ));
+        assert!(matches!(
+            ExportedBody::from_bytes(b"{ \"a\": 1 }"),
+            ExportedBody::Text(_)
+        ));
+    }
+
+    #[test]
+    fn stored_form_of_version_1_still_reads() {
+        let fixture = include_str!("../tests/fixtures/interaction-v1.json");
+        let interaction = Interaction::from_bytes(fixture.as_bytes()).expect("v1 fixture reads");
+        assert_eq!(interaction.schema, 1);
+        assert_eq!(interaction.request.method, "PATCH");
+        assert_eq!(interaction.response.status, 200);
+        assert!(!interaction.response.body.is_empty());
+    }
+}
