@@ -1,1 +1,4 @@
-//! Integration tests.
+//! Integration tests: one binary, real processes on 127.0.0.1 ephemeral ports.
+
+mod core;
+mod support;

@@ -1,0 +1,536 @@
+//! Record and replay through real processes: emulator, proxy, client.
+
+use crate::support::*;
+
+/// Records the seed PATCH through the proxy over `emulator`, then replays it with the
+/// emulator gone and checks status, headers and body are byte-identical.
+async fn record_then_replay(scratch: &Scratch, mut emulator: Proc, upstream_flags: &[&str]) {
+    let http = Http::new();
+    let upstream = emulator.url("");
+    let mut recorder = proxy(scratch, "record", &upstream, upstream_flags);
+    let path = status_path("cfg-1", "dev-1");
+    let recorded = http.patch(&recorder.url(&path), SEED_BODY).await;
+    assert_eq!(recorded.status, 200, "{}", recorded.text());
+    assert_eq!(recorded.header("x-graphvcr-outcome"), Some("recorded"));
+    let entity = recorded.json();
+    assert_eq!(entity["id"], "dev-1");
+    assert_eq!(
+        entity["@odata.type"],
+        "#microsoft.graph.deviceConfigurationDeviceStatus"
+    );
+    assert_eq!(entity["status"], "compliant");
+    assert!(recorded.header("request-id").is_some());
+    assert!(
+        recorder.interrupt().success(),
+        "SIGINT exits 0: {}",
+        recorder.stderr()
+    );
+    emulator.kill();
+
+    let replayer = proxy(scratch, "replay", &upstream, upstream_flags);
+    let replayed = http.patch(&replayer.url(&path), SEED_BODY_REORDERED).await;
+    assert_eq!(
+        replayed.header("x-graphvcr-outcome"),
+        Some("replayed"),
+        "{}",
+        replayed.text()
+    );
+    assert_eq!(replayed.status, recorded.status);
+    assert_eq!(
+        replayed.headers_without_provenance(),
+        recorded.headers_without_provenance()
+    );
+    assert_eq!(replayed.body, recorded.body);
+    assert_eq!(replayed.header("x-graphvcr-episode"), Some("1/1"));
+    assert_eq!(
+        replayed.header("x-graphvcr-interaction"),
+        recorded.header("x-graphvcr-interaction")
+    );
+}
+
+#[tokio::test]
+async fn records_over_https_and_replays_identically_without_the_upstream() {
+    let scratch = Scratch::new();
+    let emulator = tls_emulator(&scratch);
+    assert_eq!(emulator.scheme, "https");
+    let ca = scratch.arg("emulator.pem");
+    record_then_replay(&scratch, emulator, &["--upstream-ca", &ca]).await;
+}
+
+#[tokio::test]
+async fn records_over_http_and_replays_identically_without_the_upstream() {
+    let scratch = Scratch::new();
+    let emulator = emulator(&scratch);
+    record_then_replay(&scratch, emulator, &[]).await;
+}
+
+#[tokio::test]
+async fn query_order_does_not_matter() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let collection = "/v1.0/deviceManagement/deviceConfigurations/cfg-q/deviceStatuses";
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+        let answer = http
+            .get(&recorder.url(&format!("{collection}?$top=5&$select=id,status")))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(recorder.interrupt().success());
+    }
+    upstream.kill();
+    let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
+    let answer = http
+        .get(&replayer.url(&format!("{collection}?$select=id%2Cstatus&$top=5")))
+        .await;
+    assert_eq!(
+        answer.header("x-graphvcr-outcome"),
+        Some("replayed"),
+        "{}",
+        answer.text()
+    );
+    let missed = http
+        .get(&replayer.url(&format!("{collection}?$top=6&$select=id,status")))
+        .await;
+    assert_eq!(missed.status.as_u16(), 599);
+}
+
+#[tokio::test]
+async fn identical_requests_replay_as_episodes_in_recorded_order() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let path = status_path("cfg-e", "dev-e");
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+        assert_eq!(http.get(&recorder.url(&path)).await.status, 404);
+        assert_eq!(
+            http.patch(&recorder.url(&path), SEED_BODY).await.status,
+            200
+        );
+        assert_eq!(http.get(&recorder.url(&path)).await.status, 200);
+        assert!(recorder.interrupt().success());
+    }
+    upstream.kill();
+    let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let answer = http.get(&replayer.url(&path)).await;
+        seen.push((
+            answer.status.as_u16(),
+            answer
+                .header("x-graphvcr-episode")
+                .unwrap_or("-")
+                .to_owned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (404, "1/2".to_owned()),
+            (200, "2/2".to_owned()),
+            (200, "2/2".to_owned())
+        ],
+        "episodes in order, then the last keeps answering"
+    );
+}
+
+#[tokio::test]
+async fn auto_replays_what_it_has_and_records_what_it_lacks() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
+    let path = status_path("cfg-a", "dev-a");
+    let first = http.patch(&auto.url(&path), SEED_BODY).await;
+    assert_eq!(
+        first.header("x-graphvcr-outcome"),
+        Some("recorded"),
+        "{}",
+        first.text()
+    );
+    let second = http.patch(&auto.url(&path), SEED_BODY_REORDERED).await;
+    assert_eq!(second.header("x-graphvcr-outcome"), Some("replayed"));
+    assert_eq!(second.body, first.body);
+    upstream.kill();
+    let third = http.patch(&auto.url(&path), SEED_BODY).await;
+    assert_eq!(third.header("x-graphvcr-outcome"), Some("replayed"));
+    let unknown = http
+        .patch(&auto.url(&status_path("cfg-a", "other")), SEED_BODY)
+        .await;
+    assert_eq!(unknown.status, 502, "{}", unknown.text());
+    assert_eq!(unknown.header("x-graphvcr-outcome"), Some("upstream_error"));
+}
+
+#[tokio::test]
+async fn passthrough_forwards_and_stores_nothing() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let path = status_path("cfg-p", "dev-p");
+    {
+        let mut passthrough = proxy(&scratch, "passthrough", &upstream.url(""), &[]);
+        let answer = http.patch(&passthrough.url(&path), SEED_BODY).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.header("x-graphvcr-outcome"), Some("forwarded"));
+        assert!(passthrough.interrupt().success());
+    }
+    upstream.kill();
+    let (status, stdout, stderr) = run(
+        &["cassette", "list", "--store", &scratch.arg("store")],
+        scratch.path(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("default"),
+        "passthrough created a cassette:\n{stdout}"
+    );
+    let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
+    assert_eq!(
+        http.patch(&replayer.url(&path), SEED_BODY)
+            .await
+            .status
+            .as_u16(),
+        599
+    );
+}
+
+#[tokio::test]
+async fn a_miss_is_loud_and_names_what_differs() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let path = status_path("cfg-m", "dev-m");
+    {
+        let mut recorder = proxy(
+            &scratch,
+            "record",
+            &upstream.url(""),
+            &["--cassette", "suite-a"],
+        );
+        assert_eq!(
+            http.patch(&recorder.url(&path), SEED_BODY).await.status,
+            200
+        );
+        assert!(recorder.interrupt().success());
+    }
+    upstream.kill();
+    let replayer = proxy(
+        &scratch,
+        "replay",
+        &upstream.url(""),
+        &["--cassette", "suite-a"],
+    );
+    let changed = SEED_BODY.replace("\"compliant\"", "\"nonCompliant\"");
+    let miss = http.patch(&replayer.url(&path), &changed).await;
+    assert_eq!(miss.status.as_u16(), 599);
+    assert_eq!(miss.header("x-graphvcr-outcome"), Some("miss"));
+    let body = miss.json();
+    assert_eq!(body["error"]["code"], "ReplayMiss");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for needle in ["suite-a", "PATCH", "/deviceStatuses/dev-m", "/status"] {
+        assert!(
+            message.contains(needle),
+            "miss message lacks {needle:?}: {message}"
+        );
+    }
+    assert!(body["error"]["innerError"]["request-id"].is_string());
+    let nearest = &body["error"]["graphvcr"]["nearest"][0];
+    assert_eq!(nearest["differences"][0]["field"], "body /status");
+    assert_eq!(nearest["differences"][0]["recorded"], "\"compliant\"");
+    assert_eq!(nearest["differences"][0]["received"], "\"nonCompliant\"");
+    // Another method on the same path has nothing to compare with.
+    let other = http.send("DELETE", &replayer.url(&path), &[], "").await;
+    assert_eq!(other.status.as_u16(), 599);
+    assert!(other.json()["error"]["graphvcr"]["nearest"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    assert!(replayer.stderr().contains("miss"), "a miss is logged");
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_store_or_the_log() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.c2VjcmV0LXRva2Vu.c2ln";
+    let cookie = "session=cookie-secret-4711";
+    let path = status_path("cfg-r", "dev-r");
+    let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+    let bearer = format!("Bearer {token}");
+    let answer = http
+        .send(
+            "PATCH",
+            &recorder.url(&path),
+            &[
+                ("authorization", &bearer),
+                ("cookie", cookie),
+                ("content-type", "application/json"),
+            ],
+            SEED_BODY,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(recorder.interrupt().success());
+    upstream.kill();
+    let store = scratch.join("store");
+    assert!(file_count(&store) > 0, "the store has files to scan");
+    for secret in [token, "cookie-secret-4711"] {
+        let leaked = files_containing(&store, secret);
+        assert!(leaked.is_empty(), "{secret} found in {leaked:?}");
+        assert!(
+            !recorder.stderr().contains(secret),
+            "{secret} found in the log"
+        );
+    }
+    let (status, export, _) = run(
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert!(status.success());
+    assert!(
+        export.contains("Bearer [REDACTED]"),
+        "the export shows a token was sent:\n{export}"
+    );
+    assert!(!export.contains(token));
+}
+
+#[tokio::test]
+async fn acknowledged_recordings_survive_sigkill() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let http = http.clone();
+        let url = recorder.url(&status_path("cfg-k", &format!("dev-{i}")));
+        tasks.push(tokio::spawn(
+            async move { http.patch(&url, SEED_BODY).await },
+        ));
+    }
+    for task in tasks {
+        let answer = task.await.expect("request task");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    // Right after the last response: no graceful shutdown, no final flush.
+    recorder.kill();
+    upstream.kill();
+    let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
+    for i in 0..40 {
+        let answer = http
+            .patch(
+                &replayer.url(&status_path("cfg-k", &format!("dev-{i}"))),
+                SEED_BODY,
+            )
+            .await;
+        assert_eq!(
+            answer.header("x-graphvcr-outcome"),
+            Some("replayed"),
+            "dev-{i} lost: {}",
+            answer.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_failures_are_graph_shaped_and_the_proxy_keeps_serving() {
+    let scratch = Scratch::new();
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let http = Http::new();
+    let path = status_path("cfg-u", "dev-u");
+    let mut proxy_down = proxy(&scratch, "record", &format!("http://{closed}"), &[]);
+    for _ in 0..2 {
+        let answer = http.patch(&proxy_down.url(&path), SEED_BODY).await;
+        assert_eq!(answer.status, 502, "{}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["error"]["code"], "UpstreamUnreachable");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&closed.to_string()));
+        assert_eq!(answer.header("x-graphvcr-outcome"), Some("upstream_error"));
+    }
+    assert!(proxy_down.interrupt().success());
+
+    // TLS: an HTTPS upstream whose certificate the proxy was not told to trust.
+    let tls_scratch = Scratch::new();
+    let emulator = tls_emulator(&tls_scratch);
+    let untrusting = proxy(&tls_scratch, "record", &emulator.url(""), &[]);
+    let answer = http.patch(&untrusting.url(&path), SEED_BODY).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "UpstreamTlsFailure");
+    let (_, stdout, _) = run(
+        &["cassette", "list", "--store", &scratch.arg("store")],
+        scratch.path(),
+    );
+    assert!(
+        !stdout.contains("default"),
+        "a failed exchange was recorded:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gives_504() {
+    let scratch = Scratch::new();
+    // Accepts connections but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let config = scratch.join("slow.toml");
+    std::fs::write(&config, "[upstream]\nresponse_timeout = \"300ms\"\n").expect("write config");
+    let proxy = proxy(
+        &scratch,
+        "record",
+        &format!("http://{addr}"),
+        &["--config", &scratch.arg("slow.toml")],
+    );
+    let answer = Http::new()
+        .patch(&proxy.url(&status_path("c", "d")), SEED_BODY)
+        .await;
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "UpstreamTimeout");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_store_held_by_another_process_is_a_clear_startup_error() {
+    let scratch = Scratch::new();
+    let _holder = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    let store = scratch.arg("store");
+    let (status, _, stderr) = run(
+        &["serve", "--listen", "127.0.0.1:0", "--store", &store],
+        scratch.path(),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&store) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_key_is_named() {
+    let scratch = Scratch::new();
+    std::fs::write(scratch.join("config.toml"), "[proxy]\nmood = \"replay\"\n").expect("write");
+    let (status, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0"], scratch.path());
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mood"), "{stderr}");
+}
+
+#[tokio::test]
+async fn cassette_header_selects_the_cassette_per_request() {
+    let scratch = Scratch::new();
+    let mut upstream = emulator(&scratch);
+    let http = Http::new();
+    let path = status_path("cfg-h", "dev-h");
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+        let answer = http
+            .send(
+                "PATCH",
+                &recorder.url(&path),
+                &[
+                    ("x-graphvcr-cassette", "one"),
+                    ("authorization", "Bearer t"),
+                    ("content-type", "application/json"),
+                ],
+                SEED_BODY,
+            )
+            .await;
+        assert_eq!(answer.header("x-graphvcr-cassette"), Some("one"));
+        assert!(recorder.interrupt().success());
+    }
+    upstream.kill();
+    let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
+    let hit = http
+        .send(
+            "PATCH",
+            &replayer.url(&path),
+            &[("x-graphvcr-cassette", "one")],
+            SEED_BODY,
+        )
+        .await;
+    assert_eq!(hit.header("x-graphvcr-outcome"), Some("replayed"));
+    let other = http
+        .send(
+            "PATCH",
+            &replayer.url(&path),
+            &[("x-graphvcr-cassette", "two")],
+            SEED_BODY,
+        )
+        .await;
+    assert_eq!(other.status.as_u16(), 599);
+    let bad = http
+        .send(
+            "PATCH",
+            &replayer.url(&path),
+            &[("x-graphvcr-mode", "rewind")],
+            SEED_BODY,
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], "InvalidGraphvcrHeader");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_the_proxy_keeps_serving() {
+    let scratch = Scratch::new();
+    std::fs::write(
+        scratch.join("small.toml"),
+        "[proxy]\nmax_body_bytes = 1024\n",
+    )
+    .expect("write");
+    let proxy = proxy(
+        &scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &["--config", &scratch.arg("small.toml")],
+    );
+    let http = Http::new();
+    let big = "x".repeat(4096);
+    let answer = http
+        .send("POST", &proxy.url("/v1.0/$batch"), &[], &big)
+        .await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.json()["error"]["code"], "RequestEntityTooLarge");
+    let after = http.send("GET", &proxy.url("/v1.0/me"), &[], "").await;
+    assert_eq!(after.status.as_u16(), 599, "still serving");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let scratch = Scratch::new();
+    let mut proxy = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    assert_eq!(
+        Http::new()
+            .get(&proxy.url("/v1.0/me"))
+            .await
+            .status
+            .as_u16(),
+        599
+    );
+    let status = proxy.terminate();
+    assert!(status.success(), "{status:?}: {}", proxy.stderr());
+    // The store is released: a new process can open it at once.
+    let again = Proc::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    drop(again);
+}

@@ -1,0 +1,396 @@
+//! Test harness: real `graphvcr` processes on 127.0.0.1 ephemeral ports, a real HTTP
+//! client, and helpers that say what went wrong (command, stderr) when a step fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long any one process may take to say it is listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long any one HTTP exchange may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const SEED_BODY: &str = r##"{"@odata.type":"#microsoft.graph.deviceConfigurationDeviceStatus","deviceDisplayName":"Device Display Name value","userName":"User Name value","deviceModel":"Device Model value","complianceGracePeriodExpirationDateTime":"2016-12-31T23:56:34.1389963+03:00","status":"compliant","lastReportedDateTime":"2017-01-01T00:01:57.2065179+03:00","userPrincipalName":"User Principal Name value"}"##;
+
+/// The seed body with its keys in another order and other whitespace.
+pub const SEED_BODY_REORDERED: &str = r##"{
+  "status": "compliant",
+  "userPrincipalName": "User Principal Name value",
+  "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
+  "deviceModel": "Device Model value",
+  "userName": "User Name value",
+  "deviceDisplayName": "Device Display Name value",
+  "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
+  "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus"
+}"##;
+
+pub fn status_path(config: &str, status: &str) -> String {
+    format!("/v1.0/deviceManagement/deviceConfigurations/{config}/deviceStatuses/{status}")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_graphvcr")
+}
+
+/// A running graphvcr process; killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub addr: SocketAddr,
+    pub scheme: String,
+    command: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `graphvcr ARGS` in `cwd` and waits for its `listening on` line.
+    pub fn start(args: &[&str], cwd: &Path) -> Proc {
+        let command = format!("graphvcr {}", args.join(" "));
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<String>();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = ready_tx.send(url.trim().to_owned());
+                }
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let url = match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+                panic!(
+                    "{command} did not say `listening on` within {START_TIMEOUT:?}; stderr:\n{log}"
+                );
+            }
+        };
+        let (scheme, addr) = url.split_once("://").expect("listening line has a scheme");
+        Proc {
+            child,
+            addr: addr.parse().expect("listening line has an address"),
+            scheme: scheme.to_owned(),
+            command,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT, then wait (bounded) for a clean exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        self.wait_exit()
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "{} did not exit within 15 s of a signal; stderr:\n{}",
+            self.command,
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a graphvcr command to completion: (status, stdout, stderr).
+pub fn run(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
+    let output = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run graphvcr {}: {e}", args.join(" ")));
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A scratch directory per test: the process cwd, the store, certificates.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn arg(&self, name: &str) -> String {
+        self.join(name).display().to_string()
+    }
+}
+
+/// Starts the emulator over HTTP.
+pub fn emulator(scratch: &Scratch) -> Proc {
+    Proc::start(&["emulate", "--listen", "127.0.0.1:0"], scratch.path())
+}
+
+/// Starts the emulator over HTTPS; the certificate goes to `emulator.pem`.
+pub fn tls_emulator(scratch: &Scratch) -> Proc {
+    let cert = scratch.arg("emulator.pem");
+    Proc::start(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert-out",
+            &cert,
+        ],
+        scratch.path(),
+    )
+}
+
+/// Starts `serve` in `mode` against `upstream` with the scratch store, plus `extra` flags.
+pub fn proxy(scratch: &Scratch, mode: &str, upstream: &str, extra: &[&str]) -> Proc {
+    let store = scratch.arg("store");
+    let mut args = vec![
+        "serve",
+        "--mode",
+        mode,
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--upstream",
+        upstream,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(&args, scratch.path())
+}
+
+/// An HTTP answer, fully read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Headers without graphvcr's provenance ones, as sorted `name: value` lines.
+    pub fn headers_without_provenance(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.as_str().starts_with("x-graphvcr-"))
+            .map(|(name, value)| format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())))
+            .collect();
+        lines.sort();
+        lines
+    }
+}
+
+/// A real HTTP/1.1 + HTTP/2 client (hyper-util over rustls), optionally trusting a PEM CA.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> Self {
+        Self::with_ca(None)
+    }
+
+    pub fn with_ca(ca: Option<&Path>) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).expect("read CA");
+            for cert in rustls_pemfile_certs(&pem) {
+                roots.add(cert).expect("CA certificate");
+            }
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .build();
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        self.send_bytes(method, url, headers, Bytes::from(body.to_owned()))
+            .await
+    }
+
+    pub async fn send_bytes(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body)).expect("request");
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.expect("read body").to_bytes();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {url} took longer than {REQUEST_TIMEOUT:?}"))
+    }
+
+    /// PATCH with a JSON body and a bearer token, as a Graph SDK would.
+    pub async fn patch(&self, url: &str, body: &str) -> Reply {
+        self.send(
+            "PATCH",
+            url,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer test-token"),
+            ],
+            body,
+        )
+        .await
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send("GET", url, &[("authorization", "Bearer test-token")], "")
+            .await
+    }
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates")
+}
+
+/// Files under `dir` containing `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    graphvcr::demo::find_in_files(dir, needle.as_bytes())
+}
+
+/// Every file under `dir`, for checks that must have looked at something.
+pub fn file_count(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                pending.push(entry.path());
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
+}
