@@ -114,9 +114,10 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let upstream = Upstream::new(&config.upstream)?;
     let proxy = Proxy::new(
         config.proxy.clone(),
+        config.matching.clone(),
         store.clone(),
         upstream,
-        Redactor::default(),
+        Redactor::new(config.sanitize.clone()),
     );
     let listener = bind(config.proxy.listen).await?;
     let limits = Limits {

@@ -7,8 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::app::AppError;
-use crate::config::validate_cassette_name;
-use crate::matching;
+use crate::config::{validate_cassette_name, MatchingConfig};
 use crate::record::{ExportDocument, ExportedInteraction, EXPORT_VERSION};
 use crate::store::Store;
 
@@ -67,9 +66,11 @@ pub fn import(
     store: &Store,
     document: ExportDocument,
     name: Option<&str>,
+    matching: &MatchingConfig,
 ) -> Result<(String, usize), AppError> {
     let cassette = name.unwrap_or(&document.cassette).to_owned();
     validate_cassette_name("cassette", &cassette)?;
+    let rule_set = matching.for_cassette(&cassette);
     let mut records = Vec::with_capacity(document.interactions.len());
     let mut interactions = document.interactions;
     interactions.sort_by_key(|i| i.id);
@@ -79,10 +80,10 @@ pub fn import(
                 "interaction {position}: a base64 body does not decode: {e}"
             ))
         })?;
-        let key = matching::normalize_recorded(&interaction.request).key();
-        records.push((key, interaction));
+        records.push((rule_set.key_of(&interaction), interaction));
     }
-    let count = store.insert_all(records)?;
+    let count = store.insert_all(rule_set.fingerprint(), records)?.len();
+    store.flush_now()?;
     Ok((cassette, count))
 }
 

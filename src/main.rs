@@ -77,16 +77,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
-    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<Store> {
+    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<(Store, Config)> {
         let config = Config::resolve_store(args).map_err(AppError::from)?;
-        let store =
-            Store::open(&config.path, config.cache_capacity_bytes).map_err(AppError::from)?;
-        Ok(store)
+        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)
+            .map_err(AppError::from)?;
+        Ok((store, config))
     };
     let mut stdout = std::io::stdout().lock();
     match command {
         CassetteCommand::List(args) => {
-            let store = open(&args)?;
+            let (store, _) = open(&args)?;
             cassette::print_list(&store, &mut stdout)?;
         }
         CassetteCommand::Show { name, store }
@@ -95,7 +95,7 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             out: None,
             store,
         } => {
-            let store = open(&store)?;
+            let (store, _) = open(&store)?;
             let text = cassette::export_text(&cassette::export(&store, &name)?);
             stdout
                 .write_all(text.as_bytes())
@@ -106,7 +106,7 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             out: Some(path),
             store,
         } => {
-            let store = open(&store)?;
+            let (store, _) = open(&store)?;
             let text = cassette::export_text(&cassette::export(&store, &name)?);
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -117,14 +117,15 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             as_name,
             store,
         } => {
-            let store = open(&store)?;
+            let (store, config) = open(&store)?;
             let document = cassette::read_export_file(&file)?;
-            let (name, count) = cassette::import(&store, document, as_name.as_deref())?;
+            let (name, count) =
+                cassette::import(&store, document, as_name.as_deref(), &config.matching)?;
             store.close()?;
             eprintln!("imported {count} interactions into cassette '{name}'");
         }
         CassetteCommand::Delete { name, store } => {
-            let store = open(&store)?;
+            let (store, _) = open(&store)?;
             store.start_flusher();
             match store.delete_cassette(&name).await? {
                 Some(count) => eprintln!("deleted cassette '{name}' ({count} interactions)"),
