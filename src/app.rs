@@ -100,9 +100,11 @@ impl ProxyServer {
         self.running.addr
     }
 
+    /// Drains, flushes and releases the store's lock.
     pub async fn stop(self) -> Result<(), AppError> {
         self.running.stop().await;
-        self.store.close()?;
+        drop(self.proxy);
+        self.store.close_and_release()?;
         Ok(())
     }
 }

@@ -179,9 +179,13 @@ impl Proxy {
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let path = request.uri().path().to_owned();
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        // Sanitized once: stored, matched and logged in this form.
+        let sanitized_uri = self.shared.redactor.uri(target);
+        let path = matching::path_of(&sanitized_uri).to_owned();
         let defaults = self.defaults();
-        let (response, outcome, status, detail) = match self.exchange(request, &defaults).await {
+        let exchange = self.exchange(request, &defaults, sanitized_uri);
+        let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
                 let outcome = served.outcome;
@@ -226,8 +230,9 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
     ) -> Result<(Served, String), ProxyError> {
-        let prepared = self.prepare(request, defaults).await?;
+        let prepared = self.prepare(request, defaults, sanitized_uri).await?;
         let cassette = prepared.cassette.clone();
         let served = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared)? {
@@ -252,6 +257,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -289,7 +295,7 @@ impl Proxy {
         let sanitized = redactor.message(&forward_headers, &body);
         let stored_request = RecordedRequest {
             method: parts.method.as_str().to_owned(),
-            uri: redactor.uri(&uri),
+            uri: sanitized_uri,
             host: None,
             headers: sanitized.headers,
             body: sanitized.body,
@@ -594,9 +600,19 @@ impl Proxy {
 
 fn replayed(episode: crate::store::Episode) -> Served {
     let recorded = episode.interaction.response;
+    let mut headers = record::headers_to_map(&recorded.headers);
+    // A hand-edited import can carry a stale length; a wrong one would break the reply.
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        if length.to_str().ok() != Some(recorded.body.len().to_string().as_str()) {
+            headers.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(recorded.body.len()),
+            );
+        }
+    }
     Served {
         status: StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
-        headers: record::headers_to_map(&recorded.headers),
+        headers,
         body: recorded.body,
         outcome: Outcome::Replayed,
         interaction: Some(episode.interaction.id),
