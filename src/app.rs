@@ -120,7 +120,8 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         store.clone(),
         upstream,
         Redactor::new(config.sanitize.clone()),
-    );
+    )
+    .with_graph(config.graph.clone(), &config.chaos);
     let listener = bind(config.proxy.listen).await?;
     let limits = Limits {
         max_connections: config.proxy.max_connections,

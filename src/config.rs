@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ServeArgs, StoreArgs};
 
+mod graph;
 mod rules;
 
+pub use graph::{ChaosConfig, ChaosRoute, FileChaos, FileGraph, GraphConfig};
 pub use rules::{FileRules, FileSanitize, LeakGuard, MatchingConfig, Replacement, SanitizeConfig};
 
 /// The built-in defaults, named so the docs, `config.toml` and the code agree.
@@ -86,6 +88,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub matching: MatchingConfig,
     pub sanitize: SanitizeConfig,
+    pub graph: GraphConfig,
+    pub chaos: ChaosConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +156,10 @@ pub struct FileConfig {
     pub matching: FileRules,
     #[serde(default)]
     pub sanitize: FileSanitize,
+    #[serde(default)]
+    pub graph: FileGraph,
+    #[serde(default)]
+    pub chaos: FileChaos,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +258,8 @@ impl Config {
             store,
             matching,
             sanitize,
+            graph,
+            chaos,
         } = file;
         let max_age = match proxy.max_age.as_deref() {
             None => None,
@@ -357,6 +367,8 @@ impl Config {
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
+            graph: graph.resolve(),
+            chaos: chaos.resolve()?,
         })
     }
 }

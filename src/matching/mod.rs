@@ -12,7 +12,9 @@
 //!   the path, `+` read as a space;
 //! - body: JSON (by `Content-Type`, or when the bytes look and parse like JSON) as a
 //!   canonical value: keys sorted, no whitespace, numbers by value (`1.0` = `1` = `1e0`);
-//!   anything else byte for byte; an empty body equals no body.
+//!   anything else byte for byte; an empty body equals no body;
+//! - with the `odata` rule (on by default), OData system query options as Graph reads
+//!   them: see [`crate::graph::odata`].
 
 use std::fmt::Write as _;
 
@@ -121,8 +123,18 @@ pub fn normalize(request: &RequestView<'_>, rules: &MatchRules) -> Normalized {
     } else {
         Vec::new()
     };
+    if rules.odata {
+        crate::graph::odata::normalize_query(&mut query);
+    }
     if !rules.ignore_query.is_empty() {
-        query.retain(|(name, _)| !rules.ignore_query.iter().any(|ignored| ignored == name));
+        // With `odata` on, `$` option names are lower-cased, so compare those the same way.
+        let ignored = |name: &str| {
+            rules.ignore_query.iter().any(|ignored| {
+                ignored == name
+                    || (rules.odata && name.starts_with('$') && ignored.eq_ignore_ascii_case(name))
+            })
+        };
+        query.retain(|(name, _)| !ignored(name));
     }
     let mut headers: Vec<(String, String)> = request
         .headers
