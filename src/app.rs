@@ -147,6 +147,11 @@ pub async fn start_emulator(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Running, AppError> {
     let listener = bind(addr).await?;
+    // Its next links name the scheme it really serves.
+    let options = EmulatorOptions {
+        https: tls.is_some(),
+        ..options
+    };
     spawn(
         listener,
         tls,

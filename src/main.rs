@@ -61,6 +61,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = EmulatorOptions {
                 patch_no_content: args.patch_no_content,
                 require_auth: !args.no_auth,
+                seed_devices: args.seed_devices,
+                throttle_every: args.throttle_every,
+                retry_after: args.retry_after,
+                https: args.tls_cert_out.is_some(),
             };
             app::emulate(
                 args.listen,
