@@ -27,7 +27,14 @@ async fn record_then_replay(scratch: &Scratch, mut emulator: Proc, upstream_flag
     );
     emulator.kill();
 
-    let replayer = proxy(scratch, "replay", &upstream, upstream_flags);
+    // Replay gives answers the current Date by default ([graph] regenerate_date); this
+    // checks byte-identical replay, so the replayer keeps the recorded one.
+    let keep_date = scratch.join("keep-date.toml");
+    std::fs::write(&keep_date, "[graph]\nregenerate_date = false\n").expect("write config");
+    let keep_date = keep_date.display().to_string();
+    let mut replay_flags = upstream_flags.to_vec();
+    replay_flags.extend_from_slice(&["--config", &keep_date]);
+    let replayer = proxy(scratch, "replay", &upstream, &replay_flags);
     let replayed = http.patch(&replayer.url(&path), SEED_BODY_REORDERED).await;
     assert_eq!(
         replayed.header("x-graphvcr-outcome"),
