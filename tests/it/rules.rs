@@ -928,3 +928,42 @@ async fn configured_header_and_pointer_sanitizers_and_max_age_apply() {
         "header, request and response pointer, twice:\n{export}"
     );
 }
+
+#[tokio::test]
+async fn compressed_request_bodies_are_decoded_for_matching() {
+    let scratch = Scratch::new();
+    let upstream = echo_upstream().await;
+    let http = Http::new();
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(), &[]);
+        let answer = http
+            .send_bytes(
+                "POST",
+                &recorder.url("/v1.0/search/query"),
+                &[
+                    ("content-type", "application/json"),
+                    ("content-encoding", "gzip"),
+                ],
+                gzip(r#"{"requests":[{"id":"1","method":"GET","url":"/me"}]}"#),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        assert!(recorder.interrupt().success());
+    }
+    let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    let plain = r#"{ "requests": [ { "url": "/me", "method": "GET", "id": "1" } ] }"#;
+    let answer = http
+        .send(
+            "POST",
+            &replayer.url("/v1.0/search/query"),
+            &[("content-type", "application/json")],
+            plain,
+        )
+        .await;
+    assert_eq!(
+        answer.header("x-graphvcr-outcome"),
+        Some("replayed"),
+        "{}",
+        answer.text()
+    );
+}
