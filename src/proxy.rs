@@ -26,7 +26,7 @@ use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::{EpisodePolicy, Lookup, Store};
+use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// Request header: which cassette this request uses.
@@ -307,12 +307,12 @@ impl Proxy {
             return Ok((served, cassette));
         }
         let served = match prepared.mode {
-            Mode::Replay => match self.lookup(&prepared)? {
+            Mode::Replay => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
                 Lookup::Absent => return Err(self.miss(&prepared, None)),
             },
-            Mode::Auto => match self.lookup(&prepared)? {
+            Mode::Auto => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
                     return Err(self.miss(&prepared, Some(count)))
@@ -436,12 +436,30 @@ impl Proxy {
         }
     }
 
-    fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
+    /// Makes sure the cassette is indexed for its current rules. Building an index reads
+    /// the whole cassette, so it runs on the blocking pool, never on a runtime thread.
+    async fn ensure_index(&self, cassette: &str, fingerprint: u64) -> Result<(), ProxyError> {
+        if self.shared.store.index_ready(cassette, fingerprint) {
+            return Ok(());
+        }
+        let proxy = self.clone();
+        let cassette = cassette.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let rule_set = proxy.rule_set(&cassette);
+            proxy
+                .shared
+                .store
+                .ensure_index(&cassette, fingerprint, &|i| rule_set.key_of(i))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("indexing task failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
         let store = &self.shared.store;
-        let rule_set = self.rule_set(&prepared.cassette);
-        store.ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-            rule_set.key_of(i)
-        })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         Ok(store.next_episode(
             &prepared.cassette,
             prepared.fingerprint,
@@ -575,12 +593,8 @@ impl Proxy {
                 });
             }
         }
-        let rule_set = self.rule_set(&prepared.cassette);
-        self.shared
-            .store
-            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-                rule_set.key_of(i)
-            })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,
