@@ -548,17 +548,18 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(&mut headers);
+        let forwarded = |status, headers, body, refused| Served {
+            status,
+            headers,
+            body,
+            outcome: Outcome::Forwarded,
+            interaction: None,
+            episode: None,
+            upstream_latency: Some(latency),
+            refused,
+        };
         if !store {
-            return Ok(Served {
-                status,
-                headers,
-                body,
-                outcome: Outcome::Forwarded,
-                interaction: None,
-                episode: None,
-                upstream_latency: Some(latency),
-                refused: None,
-            });
+            return Ok(forwarded(status, headers, body, None));
         }
         let sanitized = self.shared.redactor.message(&headers, &body);
         let request_side = redact::Sanitized {
@@ -581,16 +582,7 @@ impl Proxy {
                 "a value that looks like a secret survived sanitizing; add a sanitizer for it ([sanitize] in config.toml)"
             );
             if self.shared.redactor.leak_guard() == LeakGuard::Refuse {
-                return Ok(Served {
-                    status,
-                    headers,
-                    body,
-                    outcome: Outcome::Forwarded,
-                    interaction: None,
-                    episode: None,
-                    upstream_latency: Some(latency),
-                    refused: leak,
-                });
+                return Ok(forwarded(status, headers, body, leak));
             }
         }
         self.ensure_index(&prepared.cassette, prepared.fingerprint)
