@@ -16,15 +16,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{
-    validate_cassette_name, ChaosConfig, GraphConfig, LeakGuard, MatchingConfig, Mode, ProxyConfig,
+    validate_cassette_name, ChaosConfig, ForwardConfig, GraphConfig, LeakGuard, MatchingConfig,
+    Mode, ProxyConfig, UnknownHosts,
 };
 use crate::error::{MissReport, Nearest, ProxyError};
+use crate::forward::{self, Interceptor, Target};
 use crate::graph::{self, batch, chaos::Chaos};
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::{EpisodePolicy, Lookup, Store};
+use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// Request header: which cassette this request uses.
@@ -63,6 +65,8 @@ pub enum Outcome {
     Forwarded,
     Miss,
     UpstreamError,
+    /// Forward-proxy traffic to a host that is not intercepted: relayed, never stored.
+    Tunnel,
     /// Refused before any work: bad body, bad control header.
     Rejected,
     /// The store failed.
@@ -79,6 +83,7 @@ impl Outcome {
             Self::Forwarded => "forwarded",
             Self::Miss => "miss",
             Self::UpstreamError => "upstream_error",
+            Self::Tunnel => "tunnel",
             Self::Rejected => "rejected",
             Self::Error => "error",
             Self::Injected => "injected",
@@ -101,6 +106,7 @@ pub struct Proxy {
 
 struct Shared {
     config: ProxyConfig,
+    interceptor: Interceptor,
     matching: MatchingConfig,
     defaults: RwLock<Defaults>,
     store: Store,
@@ -123,6 +129,17 @@ struct Served {
     refused: Option<String>,
 }
 
+/// A request's parts before sanitizing and keying.
+struct Message {
+    mode: Mode,
+    cassette: String,
+    method: http::Method,
+    uri: String,
+    sanitized_uri: String,
+    forward_headers: HeaderMap,
+    body: Bytes,
+}
+
 /// What a request resolved to before the mode runs.
 struct Prepared {
     mode: Mode,
@@ -136,11 +153,14 @@ struct Prepared {
     key: MatchKey,
     fingerprint: u64,
     policy: EpisodePolicy,
+    /// Forward-proxy target; `None` in reverse mode.
+    target: Option<Target>,
 }
 
 impl Proxy {
     pub fn new(
         config: ProxyConfig,
+        forward: ForwardConfig,
         matching: MatchingConfig,
         store: Store,
         upstream: Upstream,
@@ -152,6 +172,7 @@ impl Proxy {
         };
         Self {
             shared: Arc::new(Shared {
+                interceptor: Interceptor::new(forward, &config),
                 config,
                 matching,
                 defaults: RwLock::new(defaults),
@@ -193,20 +214,35 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner()) = defaults;
     }
 
-    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// Handles one request; `target` is set for requests decrypted from an intercepted
+    /// CONNECT tunnel (forward-proxy mode), `None` otherwise.
+    pub async fn handle_target(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        target: Option<Target>,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let method = request.method().clone();
+        if method == http::Method::CONNECT && target.is_none() {
+            return self.connect(request, peer, started).await;
+        }
+        let target = target
+            .or_else(|| forward::absolute_form_target(&request, self.shared.interceptor.config()));
         let client_request_id = request
             .headers()
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let request_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         // Sanitized once: stored, matched and logged in this form.
-        let sanitized_uri = self.shared.redactor.uri(target);
-        let path = matching::path_of(&sanitized_uri).to_owned();
+        let sanitized_uri = self.shared.redactor.uri(request_target);
+        let path = match &target {
+            Some(target) => format!("{}{}", target.origin(), matching::path_of(&sanitized_uri)),
+            None => matching::path_of(&sanitized_uri).to_owned(),
+        };
         let defaults = self.defaults();
-        let exchange = self.exchange(request, &defaults, sanitized_uri);
+        let exchange = self.exchange(request, &defaults, sanitized_uri, target);
         let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
@@ -223,12 +259,7 @@ impl Proxy {
                 (self.finish(served, &cassette), outcome, status, None)
             }
             Err(error) => {
-                let outcome = match &error {
-                    ProxyError::Miss(_) => Outcome::Miss,
-                    ProxyError::Upstream(_) => Outcome::UpstreamError,
-                    ProxyError::Store(_) => Outcome::Error,
-                    _ => Outcome::Rejected,
-                };
+                let outcome = error_outcome(&error);
                 let status = error.status();
                 let response = self.error_response(&error, outcome, client_request_id.as_deref());
                 (response, outcome, status, Some(error.to_string()))
@@ -248,15 +279,67 @@ impl Proxy {
         response
     }
 
+    /// A CONNECT: intercepted (TLS terminated here) or tunnelled, as configured.
+    async fn connect(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<Full<Bytes>> {
+        let authority = request.uri().to_string();
+        let shared = &self.shared;
+        match shared
+            .interceptor
+            .connect(&self, &shared.upstream, request, peer)
+            .await
+        {
+            Ok((response, target)) => {
+                let outcome = if target.intercepted {
+                    "intercepted"
+                } else {
+                    Outcome::Tunnel.as_str()
+                };
+                tracing::info!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %target.authority(), status = 200u16, outcome,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange"
+                );
+                response
+            }
+            Err(error) => {
+                let outcome = error_outcome(&error);
+                tracing::warn!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %authority, status = error.status().as_u16(),
+                    outcome = outcome.as_str(), error = %error, "exchange"
+                );
+                self.error_response(&error, outcome, None)
+            }
+        }
+    }
+
     async fn exchange(
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
     ) -> Result<(Served, String), ProxyError> {
-        let context = GraphContext::of(&request);
-        let prepared = self.prepare(request, defaults, sanitized_uri).await?;
+        let mut context = GraphContext::of(&request);
+        let prepared = self
+            .prepare(request, defaults, sanitized_uri, target)
+            .await?;
         let cassette = prepared.cassette.clone();
+        if let Some(target) = prepared.target.as_ref().filter(|t| !t.intercepted) {
+            if self.shared.interceptor.config().unknown_hosts == UnknownHosts::Deny {
+                return Err(ProxyError::TunnelRefused(target.authority()));
+            }
+            let mut served = self.forward(prepared, false).await?;
+            served.outcome = Outcome::Tunnel;
+            return Ok((served, cassette));
+        }
+        // Links are the proxy's to rewrite only when the client addressed the proxy itself.
+        context.reverse = prepared.target.is_none();
         // Graph hook: the chaos layer answers before anything is looked up or forwarded.
         let mut chaos_headers = Vec::new();
         if let Some(chaos) = &self.shared.chaos {
@@ -308,12 +391,12 @@ impl Proxy {
             )
         });
         let (latency, served) = match prepared.mode {
-            Mode::Replay => match self.lookup(&prepared)? {
+            Mode::Replay => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => (latency_of(&episode), replayed(*episode)),
                 Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
                 Lookup::Absent => return Err(self.miss(&prepared, None)),
             },
-            Mode::Auto => match self.lookup(&prepared)? {
+            Mode::Auto => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => (latency_of(&episode), replayed(*episode)),
                 Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
                     return Err(self.miss(&prepared, Some(count)))
@@ -336,6 +419,7 @@ impl Proxy {
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -370,35 +454,37 @@ impl Proxy {
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
         Ok(self.prepare_message(
-            mode,
-            cassette,
-            parts.method,
-            uri,
-            sanitized_uri,
-            forward_headers,
-            body,
+            Message {
+                mode,
+                cassette,
+                method: parts.method,
+                uri,
+                sanitized_uri,
+                forward_headers,
+                body,
+            },
+            target,
         ))
     }
 
     /// Sanitizes a request and computes its match key under the cassette's rules. Also
     /// used for each sub-request of a `$batch`.
-    #[allow(clippy::too_many_arguments)]
-    fn prepare_message(
-        &self,
-        mode: Mode,
-        cassette: String,
-        method: http::Method,
-        uri: String,
-        sanitized_uri: String,
-        forward_headers: HeaderMap,
-        body: Bytes,
-    ) -> Prepared {
+    fn prepare_message(&self, message: Message, target: Option<Target>) -> Prepared {
+        let Message {
+            mode,
+            cassette,
+            method,
+            uri,
+            sanitized_uri,
+            forward_headers,
+            body,
+        } = message;
         let redactor = &self.shared.redactor;
         let sanitized = redactor.message(&forward_headers, &body);
         let stored_request = RecordedRequest {
             method: method.as_str().to_owned(),
             uri: sanitized_uri,
-            host: None,
+            host: target.as_ref().map(Target::authority),
             headers: sanitized.headers,
             body: sanitized.body,
         };
@@ -431,6 +517,7 @@ impl Proxy {
             key,
             fingerprint,
             policy,
+            target,
         }
     }
 
@@ -464,12 +551,30 @@ impl Proxy {
         }
     }
 
-    fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
+    /// Makes sure the cassette is indexed for its current rules. Building an index reads
+    /// the whole cassette, so it runs on the blocking pool, never on a runtime thread.
+    async fn ensure_index(&self, cassette: &str, fingerprint: u64) -> Result<(), ProxyError> {
+        if self.shared.store.index_ready(cassette, fingerprint) {
+            return Ok(());
+        }
+        let proxy = self.clone();
+        let cassette = cassette.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let rule_set = proxy.rule_set(&cassette);
+            proxy
+                .shared
+                .store
+                .ensure_index(&cassette, fingerprint, &|i| rule_set.key_of(i))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("indexing task failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
         let store = &self.shared.store;
-        let rule_set = self.rule_set(&prepared.cassette);
-        store.ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-            rule_set.key_of(i)
-        })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         Ok(store.next_episode(
             &prepared.cassette,
             prepared.fingerprint,
@@ -532,16 +637,31 @@ impl Proxy {
             mut headers,
             body,
             latency,
-        } = self
-            .shared
-            .upstream
-            .send(
-                prepared.method.clone(),
-                &prepared.uri,
-                prepared.forward_headers.clone(),
-                prepared.body.clone(),
-            )
-            .await?;
+        } = match &prepared.target {
+            None => {
+                self.shared
+                    .upstream
+                    .send(
+                        prepared.method.clone(),
+                        &prepared.uri,
+                        prepared.forward_headers.clone(),
+                        prepared.body.clone(),
+                    )
+                    .await?
+            }
+            Some(target) => {
+                self.shared
+                    .upstream
+                    .send_to(
+                        &target.origin(),
+                        prepared.method.clone(),
+                        &prepared.uri,
+                        prepared.forward_headers.clone(),
+                        prepared.body.clone(),
+                    )
+                    .await?
+            }
+        };
         strip_hop_by_hop(&mut headers);
         self.keep(prepared, status, headers, body, latency, store)
             .await
@@ -558,17 +678,18 @@ impl Proxy {
         latency: Duration,
         store: bool,
     ) -> Result<Served, ProxyError> {
+        let forwarded = |status, headers, body, refused| Served {
+            status,
+            headers,
+            body,
+            outcome: Outcome::Forwarded,
+            interaction: None,
+            episode: None,
+            upstream_latency: Some(latency),
+            refused,
+        };
         if !store {
-            return Ok(Served {
-                status,
-                headers,
-                body,
-                outcome: Outcome::Forwarded,
-                interaction: None,
-                episode: None,
-                upstream_latency: Some(latency),
-                refused: None,
-            });
+            return Ok(forwarded(status, headers, body, None));
         }
         let sanitized = self.shared.redactor.message(&headers, &body);
         let request_side = redact::Sanitized {
@@ -591,24 +712,11 @@ impl Proxy {
                 "a value that looks like a secret survived sanitizing; add a sanitizer for it ([sanitize] in config.toml)"
             );
             if self.shared.redactor.leak_guard() == LeakGuard::Refuse {
-                return Ok(Served {
-                    status,
-                    headers,
-                    body,
-                    outcome: Outcome::Forwarded,
-                    interaction: None,
-                    episode: None,
-                    upstream_latency: Some(latency),
-                    refused: leak,
-                });
+                return Ok(forwarded(status, headers, body, leak));
             }
         }
-        let rule_set = self.rule_set(&prepared.cassette);
-        self.shared
-            .store
-            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-                rule_set.key_of(i)
-            })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,
@@ -737,10 +845,6 @@ impl GraphContext {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        // HTTP/2 always carries :authority in the URI; HTTP/1 only in absolute form,
-        // which is how a client talks to a forward proxy.
-        let http1 = request.version() < http::Version::HTTP_2;
-        let reverse = !(http1 && request.uri().scheme().is_some());
         let host = request
             .headers()
             .get(header::HOST)
@@ -750,7 +854,8 @@ impl GraphContext {
         Self {
             client_request_id,
             proxy_origin: host.map(|host| format!("http://{host}")),
-            reverse,
+            // Settled once the request's forward-proxy target is known.
+            reverse: true,
         }
     }
 }
@@ -820,7 +925,7 @@ impl Proxy {
             Mode::Auto => {
                 let mut all = true;
                 for sub in &subs {
-                    self.ensure_index(sub)?;
+                    self.ensure_index(&sub.cassette, sub.fingerprint).await?;
                     all &=
                         self.shared
                             .store
@@ -831,7 +936,7 @@ impl Proxy {
             _ => false,
         };
         if replay {
-            let served = self.replay_batch(&parts, subs, context)?;
+            let served = self.replay_batch(&parts, subs, context).await?;
             return Ok((served, None));
         }
         let served = self.forward(prepared, true).await?;
@@ -870,30 +975,23 @@ impl Proxy {
         let method = http::Method::from_bytes(part.method.as_bytes()).unwrap_or(http::Method::GET);
         let sanitized_uri = self.shared.redactor.uri(&part.uri);
         self.prepare_message(
-            batch.mode,
-            batch.cassette.clone(),
-            method,
-            part.uri.clone(),
-            sanitized_uri,
-            header_map(&part.headers),
-            part.body.clone(),
+            Message {
+                mode: batch.mode,
+                cassette: batch.cassette.clone(),
+                method,
+                uri: part.uri.clone(),
+                sanitized_uri,
+                forward_headers: header_map(&part.headers),
+                body: part.body.clone(),
+            },
+            batch.target.clone(),
         )
-    }
-
-    fn ensure_index(&self, prepared: &Prepared) -> Result<(), ProxyError> {
-        let rule_set = self.rule_set(&prepared.cassette);
-        Ok(self
-            .shared
-            .store
-            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-                rule_set.key_of(i)
-            })?)
     }
 
     /// Answers each sub-request from its own recording, in request order. A sub-request
     /// with no recording gets its own miss (599, `ReplayMiss`) inside the batch, and one
     /// whose dependency failed gets 424, as Graph answers; the batch itself is 200.
-    fn replay_batch(
+    async fn replay_batch(
         &self,
         parts: &[batch::Part],
         subs: Vec<Prepared>,
@@ -912,7 +1010,7 @@ impl Proxy {
                     context,
                 )
             } else {
-                match self.lookup(&sub)? {
+                match self.lookup(&sub).await? {
                     Lookup::Hit(episode) => {
                         let mut served = replayed(*episode);
                         graph::refresh_replayed_headers(
@@ -1142,7 +1240,16 @@ fn replayed(episode: crate::store::Episode) -> Served {
 
 impl Handler for Proxy {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
-        Box::pin(self.clone().handle(request, peer))
+        Box::pin(self.clone().handle_target(request, peer, None))
+    }
+}
+
+fn error_outcome(error: &ProxyError) -> Outcome {
+    match error {
+        ProxyError::Miss(_) => Outcome::Miss,
+        ProxyError::Upstream(_) => Outcome::UpstreamError,
+        ProxyError::Store(_) | ProxyError::Ca(_) => Outcome::Error,
+        _ => Outcome::Rejected,
     }
 }
 

@@ -24,7 +24,8 @@ use serde_json::{json, Map, Value};
 
 /// The real Graph, used when no `--upstream` is given.
 pub const DEFAULT_UPSTREAM: &str = "https://graph.microsoft.com";
-/// Graph's hosts in every national cloud: links pointing at any of them are Graph's own.
+/// Graph's hosts in every national cloud: intercepted by default in forward-proxy mode,
+/// and links pointing at any of them are Graph's own (rewritten to the proxy in reverse mode).
 pub const GRAPH_HOSTS: [&str; 4] = [
     "graph.microsoft.com",
     "graph.microsoft.us",
