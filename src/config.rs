@@ -600,5 +600,8 @@ mod tests {
         );
         check("[proxy]\nmax_body_bytes = 0\n", "proxy.max_body_bytes");
         check("[proxy]\nmax_body_bytes = \"big\"\n", "max_body_bytes");
+        check("[graph]\nregenerate = true\n", "regenerate");
+        check("[chaos]\nrate = 2.0\n", "chaos.rate");
+        check("[match]\nodata = \"yes\"\n", "odata");
     }
 }

@@ -979,6 +979,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn paging_batch_and_throttling() {
+        let options = EmulatorOptions {
+            seed_devices: 5,
+            throttle_every: 4,
+            retry_after: 9,
+            ..EmulatorOptions::new()
+        };
+        with_emulator(options, |emu| async move {
+            // Request 1 of every 4 is throttled.
+            let collection = "/beta/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses";
+            let throttled = emu.get(collection).await;
+            assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(throttled.header("retry-after"), Some("9"));
+            assert_eq!(throttled.error_code(), "TooManyRequests");
+            let first = emu.get(&format!("{collection}?$top=2&$select=id")).await;
+            assert_eq!(first.status, StatusCode::OK);
+            let body = first.json();
+            assert_eq!(body["value"], json!([
+                {"@odata.type": DEVICE_STATUS_ODATA_TYPE, "id": "dev-0000"},
+                {"@odata.type": DEVICE_STATUS_ODATA_TYPE, "id": "dev-0001"}
+            ]));
+            let next = body["@odata.nextLink"].as_str().unwrap_or_default().to_owned();
+            let (_, target) = next.split_once(&emu.addr.to_string()).expect("link to the emulator");
+            assert!(target.starts_with(&format!("{collection}?$top=2&$select=id&$skiptoken=")));
+            let second = emu.get(target).await.json();
+            assert_eq!(second["value"][0]["id"], "dev-0002");
+            let skipped = emu.get(&format!("{collection}?$skip=4")).await.json();
+            assert_eq!(skipped["value"].as_array().map(Vec::len), Some(1));
+            assert!(skipped.get("@odata.nextLink").is_none());
+            // Throttled again (request 5), then a batch whose second part depends on a failure.
+            assert_eq!(emu.get(collection).await.status, StatusCode::TOO_MANY_REQUESTS);
+            let batch = json!({"requests": [
+                {"id": "a", "method": "GET", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/missing"},
+                {"id": "b", "method": "GET", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/dev-0001", "dependsOn": ["a"]},
+                {"id": "c", "method": "PATCH", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/dev-0001",
+                 "headers": {"content-type": "application/json"}, "body": {"status": "compliant"}}
+            ]});
+            let reply = emu
+                .send("POST", "/beta/$batch", &[TOKEN], &batch.to_string())
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            let responses = reply.json()["responses"].clone();
+            assert_eq!(responses[0]["status"], 404);
+            assert_eq!(responses[1]["status"], 424);
+            assert_eq!(responses[2]["status"], 200);
+            assert_eq!(responses[2]["body"]["status"], "compliant");
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn oversized_body_is_refused() {
         with_emulator(EmulatorOptions::new(), |emu| async move {
             let padding = "x".repeat(MAX_BODY_BYTES);

@@ -610,12 +610,50 @@ mod tests {
                 true,
             ),
             (("GET", "/x?a", None, ""), ("GET", "/x?a=", None, ""), true),
+            // OData options (the `odata` rule, on by default): names and list order free,
+            // continuation tokens opaque and exact.
+            (
+                ("GET", "/v1.0/x?$select=id,status&$top=5", None, ""),
+                ("GET", "/v1.0/x?$TOP=5&$Select=status%2Cid", None, ""),
+                true,
+            ),
+            (
+                ("GET", "/v1.0/x?$skipToken=AbC", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=AbC", None, ""),
+                true,
+            ),
+            (
+                ("GET", "/v1.0/x?$skiptoken=AbC", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=abc", None, ""),
+                false,
+            ),
+            (
+                ("GET", "/v1.0/x?$skiptoken=a%2Bb", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=a+b", None, ""),
+                false,
+            ),
             (
                 ("GET", "/x?%zz", None, ""),
                 ("GET", "/x?%ZZ", None, ""),
                 false,
             ),
         ]);
+    }
+
+    #[test]
+    fn odata_rule_can_be_switched_off() {
+        let exact = MatchRules {
+            odata: false,
+            ..MatchRules::default()
+        };
+        let key =
+            |uri: &str, rules: &MatchRules| normalize(&view("GET", uri, None, b""), rules).key();
+        let (a, b) = ("/v1.0/x?$select=a,b", "/v1.0/x?$SELECT=b,a");
+        assert_eq!(
+            key(a, &MatchRules::default()),
+            key(b, &MatchRules::default())
+        );
+        assert_ne!(key(a, &exact), key(b, &exact));
     }
 
     #[test]
