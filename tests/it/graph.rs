@@ -336,3 +336,104 @@ async fn replayed_answers_echo_client_request_id_and_refresh_date() {
     assert!(age < std::time::Duration::from_secs(30), "{date}");
     assert_eq!(replayed.body, recorded.body);
 }
+
+#[tokio::test]
+async fn auto_replays_a_batch_only_when_every_sub_request_is_recorded() {
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let (a, b, c) = (
+        sub_patch("1", "dev-a", "compliant"),
+        sub_patch("2", "dev-b", "remediated"),
+        sub_patch("3", "dev-c", "conflict"),
+    );
+    let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
+    let url = auto.url("/beta/$batch");
+    let first = post_batch(&http, &url, &[&a, &b]).await;
+    assert_eq!(
+        first.header("x-graphvcr-outcome"),
+        Some("recorded"),
+        "{}",
+        first.text()
+    );
+    let again = post_batch(&http, &url, &[&b, &a]).await;
+    assert_eq!(
+        again.header("x-graphvcr-outcome"),
+        Some("replayed"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(responses(&again)["1"]["body"]["status"], "compliant");
+    let grown = post_batch(&http, &url, &[&a, &c]).await;
+    assert_eq!(grown.header("x-graphvcr-outcome"), Some("recorded"));
+    assert_eq!(responses(&grown)["3"]["status"], 200);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn compressed_links_and_location_are_rewritten_kept_as_recorded_and_linted() {
+    let scratch = Scratch::new();
+    let collection = "/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses";
+    let delta = format!("{collection}?$deltatoken=Tok%2B1");
+    let body = json!({
+        "value": [{"id": "a", "bogus": 1}],
+        "@odata.deltaLink": format!("https://graph.microsoft.us{delta}"),
+    })
+    .to_string();
+    let compressed = bytes::Bytes::from(gzip(body.as_bytes()));
+    let upstream = TestUpstream::start(move |_| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("location", "https://graph.microsoft.com/v1.0/somewhere")
+            .body(http_body_util::Full::new(compressed.clone()))
+            .expect("response")
+    })
+    .await;
+    let http = Http::new();
+    let check = |reply: &Reply, origin: &str| {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("content-encoding"), None, "sent decoded");
+        assert_eq!(reply.json()["@odata.deltaLink"], format!("{origin}{delta}"));
+        assert_eq!(
+            reply.header("location"),
+            Some(format!("{origin}/v1.0/somewhere").as_str())
+        );
+    };
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(), &[]);
+        let recorded = http.get(&recorder.url(collection)).await;
+        check(&recorded, &recorder.url(""));
+        assert!(
+            recorder.wait_for_log("/value/0/bogus"),
+            "the lint names the unknown property: {}",
+            recorder.stderr()
+        );
+        assert!(recorder.interrupt().success());
+    }
+    drop(upstream);
+    let (status, export, stderr) = run(
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        export.contains("https://graph.microsoft.com/v1.0/somewhere"),
+        "{export}"
+    );
+    let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    let replayed = http.get(&replayer.url(collection)).await;
+    check(&replayed, &replayer.url(""));
+}
