@@ -261,6 +261,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn per_route_rates_and_latency() {
+        let config = ChaosConfig {
+            routes: vec![crate::config::ChaosRoute {
+                pattern: crate::matching::rules::PathPattern::parse("/v1.0/always/**")
+                    .expect("pattern"),
+                method: Some("GET".into()),
+                rate: 1.0,
+                statuses: vec![507],
+            }],
+            latency: Duration::from_millis(10),
+            latency_factor: 2.0,
+            ..config(0.0)
+        };
+        let chaos = Chaos::new(&config).expect("on");
+        for _ in 0..5 {
+            let hit = chaos.decide("GET", "/v1.0/always/x", None).await;
+            assert_eq!(hit.inject.map(|i| i.status.as_u16()), Some(507));
+            let other_method = chaos.decide("POST", "/v1.0/always/x", None).await;
+            assert!(other_method.inject.is_none());
+            assert!(chaos
+                .decide("GET", "/v1.0/never", None)
+                .await
+                .inject
+                .is_none());
+        }
+        assert_eq!(chaos.delay(None), Duration::from_millis(10));
+        assert_eq!(
+            chaos.delay(Some(Duration::from_millis(5))),
+            Duration::from_millis(20)
+        );
+    }
+
+    #[tokio::test]
     async fn rate_limit_window() {
         let chaos = Chaos::new(&ChaosConfig {
             rate_limit: 2,
