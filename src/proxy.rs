@@ -341,24 +341,10 @@ impl Proxy {
         // Links are the proxy's to rewrite only when the client addressed the proxy itself.
         context.reverse = prepared.target.is_none();
         // Graph hook: the chaos layer answers before anything is looked up or forwarded.
-        let mut chaos_headers = Vec::new();
-        if let Some(chaos) = &self.shared.chaos {
-            let path = matching::path_of(&prepared.stored_request.uri);
-            let verdict = chaos
-                .decide(
-                    prepared.method.as_str(),
-                    path,
-                    context.client_request_id.as_deref(),
-                )
-                .await;
-            if let Some(injected) = verdict.inject {
-                let mut served = injected_served(injected);
-                served.headers.extend(verdict.headers);
-                tokio::time::sleep(chaos.delay(None)).await;
-                return Ok((served, cassette));
-            }
-            chaos_headers = verdict.headers;
-        }
+        let chaos_headers = match self.chaos(&prepared, &context).await {
+            Ok(headers) => headers,
+            Err(injected) => return Ok((*injected, cassette)),
+        };
         let lint = self.shared.graph.lint && matches!(prepared.mode, Mode::Record | Mode::Auto);
         let version = batch::detect(prepared.method.as_str(), matching::path_of(&prepared.uri));
         let (mut served, recorded_latency) = match version {
@@ -861,6 +847,34 @@ impl GraphContext {
 }
 
 impl Proxy {
+    /// The chaos layer's verdict: the headers to add to the real answer, or (as `Err`)
+    /// the injected answer that replaces it.
+    async fn chaos(
+        &self,
+        prepared: &Prepared,
+        context: &GraphContext,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Box<Served>> {
+        let Some(chaos) = &self.shared.chaos else {
+            return Ok(Vec::new());
+        };
+        let verdict = chaos
+            .decide(
+                prepared.method.as_str(),
+                matching::path_of(&prepared.stored_request.uri),
+                context.client_request_id.as_deref(),
+            )
+            .await;
+        match verdict.inject {
+            None => Ok(verdict.headers),
+            Some(injected) => {
+                let mut served = injected_served(injected);
+                served.headers.extend(verdict.headers);
+                tokio::time::sleep(chaos.delay(None)).await;
+                Err(Box::new(served))
+            }
+        }
+    }
+
     /// Makes an answer look as Graph would send it through this proxy: replayed answers
     /// echo `client-request-id` (and get a fresh `request-id` / `Date` when configured),
     /// links point back at the proxy, the rate limit's headers are added, and the chaos
@@ -1137,6 +1151,14 @@ fn rewrite_links(rewrite: &graph::links::Rewrite<'_>, headers: &mut HeaderMap, b
         if let Ok(value) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, value);
         }
+    }
+    // Only JSON bodies carry link members: other bodies are not decoded or scanned.
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+    if !is_json {
+        return;
     }
     let encoding = headers
         .get(header::CONTENT_ENCODING)
