@@ -21,6 +21,10 @@ use crate::matching;
 use crate::record;
 use crate::store::Lookup;
 
+/// Compressed bodies larger than this once decoded are left as received: a
+/// decompression bomb must not take the proxy's memory.
+const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
+
 /// What the Graph hooks need from the original request, taken before it is consumed.
 pub(super) struct GraphContext {
     pub(super) client_request_id: Option<String>,
@@ -130,7 +134,13 @@ impl Proxy {
         context: &GraphContext,
         lint: bool,
     ) -> Result<(Served, Option<Duration>), ProxyError> {
-        let parts = match batch::parse(version, &prepared.body) {
+        // A compressed batch body is split in its decoded form (and forwarded as sent).
+        let encoding = prepared
+            .forward_headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let decoded = record::decode_body(encoding, &prepared.body, MAX_DECODED_BYTES);
+        let parts = match batch::parse(version, decoded.as_deref().unwrap_or(&prepared.body)) {
             Ok(parts) => parts,
             Err(error) => {
                 tracing::debug!(%error, "batch not split; handled as one request");
@@ -165,7 +175,7 @@ impl Proxy {
             .headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        let decoded = record::decode_body(encoding, &served.body, 64 * 1024 * 1024);
+        let decoded = record::decode_body(encoding, &served.body, MAX_DECODED_BYTES);
         let mut answers = batch::responses(decoded.as_deref().unwrap_or(&served.body));
         let latency = served.upstream_latency.unwrap_or_default();
         for (part, sub) in parts.iter().zip(subs) {
@@ -370,7 +380,7 @@ fn rewrite_links(rewrite: &graph::links::Rewrite<'_>, headers: &mut HeaderMap, b
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let decoded = record::decode_body(encoding, body, 64 * 1024 * 1024);
+    let decoded = record::decode_body(encoding, body, MAX_DECODED_BYTES);
     if let Some(changed) = rewrite.body(decoded.as_deref().unwrap_or(body)) {
         if decoded.is_some() {
             headers.remove(header::CONTENT_ENCODING);
@@ -388,7 +398,7 @@ pub(super) fn lint_exchange(method: &str, path: &str, request_body: &[u8], serve
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let decoded = record::decode_body(encoding, &served.body, 64 * 1024 * 1024);
+    let decoded = record::decode_body(encoding, &served.body, MAX_DECODED_BYTES);
     let response_body = decoded.as_deref().unwrap_or(&served.body);
     let findings = graph::lint::exchange(
         method,

@@ -99,6 +99,21 @@ async fn batch_replays_per_sub_request_reordered_and_with_one_missing() {
     assert_eq!(answers["9"]["body"]["error"]["code"], "ReplayMiss");
     assert_eq!(answers["9"]["headers"]["x-graphvcr-outcome"], "miss");
 
+    // A gzip-compressed batch is split in its decoded form.
+    let compressed = gzip(json!({ "requests": [&a] }).to_string().as_bytes());
+    let gzipped = http
+        .send_bytes(
+            "POST",
+            &url,
+            &[TOKEN, JSON, ("content-encoding", "gzip")],
+            bytes::Bytes::from(compressed),
+        )
+        .await;
+    assert_eq!(
+        responses(&gzipped)["1"]["headers"]["x-graphvcr-outcome"],
+        "replayed"
+    );
+
     // Each sub-exchange is an interaction of its own: it replays outside a batch too.
     let alone = http
         .patch(
