@@ -28,8 +28,8 @@ const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 /// What the Graph hooks need from the original request, taken before it is consumed.
 pub(super) struct GraphContext {
     pub(super) client_request_id: Option<String>,
-    /// `http://host:port` as the client reached the proxy, for link rewriting.
-    pub(super) proxy_origin: Option<String>,
+    /// `host:port` as the client reached the proxy, for link rewriting.
+    pub(super) proxy_host: Option<String>,
     /// A reverse-proxy request (origin-form target); links are rewritten only then.
     pub(super) reverse: bool,
 }
@@ -50,7 +50,7 @@ impl GraphContext {
             .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
         Self {
             client_request_id,
-            proxy_origin: host.map(|host| format!("http://{host}")),
+            proxy_host: host,
             // Settled once the request's forward-proxy target is known.
             reverse: true,
         }
@@ -106,14 +106,21 @@ impl Proxy {
                 settings.regenerate_date,
             );
         }
-        if let (true, true, Some(proxy_origin)) = (
+        if let (true, true, Some(host)) = (
             settings.rewrite_links,
             context.reverse,
-            context.proxy_origin.as_deref(),
+            context.proxy_host.as_deref(),
         ) {
+            // The scheme the client used to reach this listener.
+            let scheme = if self.shared.config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let proxy_origin = format!("{scheme}://{host}");
             let rewrite = graph::links::Rewrite {
                 upstream_origin: self.shared.upstream.origin(),
-                proxy_origin,
+                proxy_origin: &proxy_origin,
             };
             rewrite_links(&rewrite, &mut served.headers, &mut served.body);
         }
