@@ -452,3 +452,51 @@ async fn compressed_links_and_location_are_rewritten_kept_as_recorded_and_linted
     let replayed = http.get(&replayer.url(collection)).await;
     check(&replayed, &replayer.url(""));
 }
+
+#[tokio::test]
+async fn the_chaos_rate_limit_counts_down_then_answers_429() {
+    let scratch = Scratch::new();
+    let upstream = emulator_with(&scratch, &["--seed-devices", "1"]);
+    let config = write_file(
+        &scratch,
+        "limit.toml",
+        "[chaos]\nenabled = true\nrate_limit = 2\nrate_limit_window = \"1h\"\n",
+    );
+    let passthrough = proxy(
+        &scratch,
+        "passthrough",
+        &upstream.url(""),
+        &["--config", &config],
+    );
+    let http = Http::new();
+    let path = passthrough.url("/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let reply = http.get(&path).await;
+        seen.push((
+            reply.status.as_u16(),
+            reply.header("ratelimit-limit").map(str::to_owned),
+            reply.header("ratelimit-remaining").map(str::to_owned),
+        ));
+        if reply.status == 429 {
+            assert_eq!(reply.header("x-graphvcr-outcome"), Some("injected"));
+            assert!(reply
+                .header("x-graphvcr-chaos")
+                .is_some_and(|c| c.starts_with("rate-limit")));
+            let retry_after: u64 = reply
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .expect("retry-after");
+            assert!((1..=3600).contains(&retry_after), "{retry_after}");
+        }
+    }
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        seen,
+        [
+            (200, some("2"), some("1")),
+            (200, some("2"), some("0")),
+            (429, some("2"), some("0")),
+        ]
+    );
+}
