@@ -14,8 +14,15 @@
 //! - [`emulate`]: the built-in Graph emulator.
 //! - [`tls`]: rustls set-up and certificate minting.
 //! - [`error`]: the proxy's error type and its mapping to status codes.
+//! - [`audit`]: the hash-chained audit trail: records, queries, formats, the writer.
+//! - [`observe`]: the proxy's one report per exchange, to the audit and the metrics.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`admin`]: the admin API (mode, cassettes, audit, metrics) on its own listener.
+//! - [`remote`]: the CLI's client for a running proxy's admin API.
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cassette;
 pub mod cli;
 pub mod config;
@@ -24,9 +31,12 @@ pub mod emulate;
 pub mod error;
 pub mod graph;
 pub mod matching;
+pub mod metrics;
+pub mod observe;
 pub mod proxy;
 pub mod record;
 pub mod redact;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,16 +1,13 @@
 //! The `graphvcr` binary: parse the command line, start logging, resolve the config,
 //! run, and map the outcome to an exit code (0 ok, 1 failure, 2 bad usage or config).
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use graphvcr::app::{self, AppError};
-use graphvcr::cli::{CassetteCommand, Cli, Command, LogFormat};
+use graphvcr::cli::{Cli, Command, LogFormat};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
-use graphvcr::store::Store;
 use graphvcr::{cassette, demo};
 
 fn main() -> ExitCode {
@@ -71,66 +68,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
         Command::Demo(args) => demo::run(args.serve).await?,
-        Command::Cassette(command) => run_cassette(command).await?,
-    }
-    Ok(())
-}
-
-async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
-    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<Store> {
-        let config = Config::resolve_store(args).map_err(AppError::from)?;
-        let store =
-            Store::open(&config.path, config.cache_capacity_bytes).map_err(AppError::from)?;
-        Ok(store)
-    };
-    let mut stdout = std::io::stdout().lock();
-    match command {
-        CassetteCommand::List(args) => {
-            let store = open(&args)?;
-            cassette::print_list(&store, &mut stdout)?;
-        }
-        CassetteCommand::Show { name, store }
-        | CassetteCommand::Export {
-            name,
-            out: None,
-            store,
-        } => {
-            let store = open(&store)?;
-            let text = cassette::export_text(&cassette::export(&store, &name)?);
-            stdout
-                .write_all(text.as_bytes())
-                .context("cannot write output")?;
-        }
-        CassetteCommand::Export {
-            name,
-            out: Some(path),
-            store,
-        } => {
-            let store = open(&store)?;
-            let text = cassette::export_text(&cassette::export(&store, &name)?);
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("exported cassette '{name}' to {}", path.display());
-        }
-        CassetteCommand::Import {
-            file,
-            as_name,
-            store,
-        } => {
-            let store = open(&store)?;
-            let document = cassette::read_export_file(&file)?;
-            let (name, count) = cassette::import(&store, document, as_name.as_deref())?;
-            store.close()?;
-            eprintln!("imported {count} interactions into cassette '{name}'");
-        }
-        CassetteCommand::Delete { name, store } => {
-            let store = open(&store)?;
-            store.start_flusher();
-            match store.delete_cassette(&name).await? {
-                Some(count) => eprintln!("deleted cassette '{name}' ({count} interactions)"),
-                None => anyhow::bail!("no cassette named '{name}'"),
-            }
-            store.close()?;
+        Command::Cassette(command) => cassette::run(command, &mut std::io::stdout().lock()).await?,
+        Command::Audit(args) => {
+            graphvcr::audit::command::run(*args, &mut std::io::stdout().lock()).await?
         }
     }
     Ok(())

@@ -19,6 +19,7 @@ use crate::config::{validate_cassette_name, Mode, ProxyConfig};
 use crate::error::{MissReport, Nearest, ProxyError};
 use crate::graph;
 use crate::matching::{self, MatchKey, Normalized};
+use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::Redactor;
 use crate::server::{Handler, ResponseFuture};
@@ -98,6 +99,8 @@ struct Shared {
     store: Store,
     upstream: Upstream,
     redactor: Redactor,
+    /// Audit and metrics, attached once after start-up (see `observe`).
+    observers: std::sync::OnceLock<Observers>,
 }
 
 /// A successful answer, before provenance headers are added.
@@ -137,8 +140,15 @@ impl Proxy {
                 store,
                 upstream,
                 redactor,
+                observers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports every exchange from now on to `observers` (audit and metrics). Set once;
+    /// later calls are ignored.
+    pub fn observe(&self, observers: Observers) {
+        let _ = self.shared.observers.set(observers);
     }
 
     pub fn defaults(&self) -> Defaults {
@@ -167,33 +177,49 @@ impl Proxy {
             .map(str::to_owned);
         let path = request.uri().path().to_owned();
         let defaults = self.defaults();
-        let (response, outcome, status, detail) = match self.exchange(request, &defaults).await {
-            Ok((served, cassette)) => {
-                let status = served.status;
-                let outcome = served.outcome;
-                let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
-                let interaction = served.interaction;
-                tracing::info!(
-                    target: "graphvcr::exchange",
-                    %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
-                    %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    upstream_ms, interaction,
-                    "exchange"
-                );
-                (self.finish(served, &cassette), outcome, status, None)
-            }
-            Err(error) => {
-                let outcome = match &error {
-                    ProxyError::Miss(_) => Outcome::Miss,
-                    ProxyError::Upstream(_) => Outcome::UpstreamError,
-                    ProxyError::Store(_) => Outcome::Error,
-                    _ => Outcome::Rejected,
-                };
-                let status = error.status();
-                let response = self.error_response(&error, outcome, client_request_id.as_deref());
-                (response, outcome, status, Some(error.to_string()))
-            }
-        };
+        let observers = self.shared.observers.get();
+        let started_at = SystemTime::now();
+        let facts = observers.map(|_| self.request_facts(&request));
+        let mut trace = Trace::new(defaults.mode, &defaults.cassette, request.headers());
+        let keep_bodies = observers.is_some_and(Observers::keeps_bodies);
+        let (mut upstream_latency, mut interaction, mut response_body) = (None, None, None);
+        let (response, outcome, status, detail) =
+            match self.exchange(request, &defaults, &mut trace).await {
+                Ok((served, cassette)) => {
+                    let status = served.status;
+                    let outcome = served.outcome;
+                    let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
+                    upstream_latency = served.upstream_latency;
+                    interaction = served.interaction;
+                    if keep_bodies {
+                        let content_type = served
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok());
+                        response_body = Some(self.shared.redactor.body(content_type, &served.body));
+                    }
+                    tracing::info!(
+                        target: "graphvcr::exchange",
+                        %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
+                        %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        upstream_ms, interaction,
+                        "exchange"
+                    );
+                    (self.finish(served, &cassette), outcome, status, None)
+                }
+                Err(error) => {
+                    let outcome = match &error {
+                        ProxyError::Miss(_) => Outcome::Miss,
+                        ProxyError::Upstream(_) => Outcome::UpstreamError,
+                        ProxyError::Store(_) => Outcome::Error,
+                        _ => Outcome::Rejected,
+                    };
+                    let status = error.status();
+                    let response =
+                        self.error_response(&error, outcome, client_request_id.as_deref());
+                    (response, outcome, status, Some(error.to_string()))
+                }
+            };
         if let Some(detail) = detail {
             let level_is_error = matches!(outcome, Outcome::Error);
             if level_is_error {
@@ -205,15 +231,52 @@ impl Proxy {
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange");
             }
         }
+        if let (Some(observers), Some(facts)) = (observers, &facts) {
+            observers.exchange(Exchange {
+                started: started_at,
+                latency: started.elapsed(),
+                peer,
+                request: facts,
+                trace,
+                outcome,
+                upstream_latency,
+                interaction,
+                response: &response,
+                response_body,
+            });
+        }
         response
+    }
+
+    /// What the audit keeps of a request, taken before the pipeline consumes it.
+    fn request_facts(&self, request: &Request<Incoming>) -> RequestFacts {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let uri = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        RequestFacts {
+            method: request.method().as_str().to_owned(),
+            host: header(header::HOST.as_str())
+                .or_else(|| request.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            uri: self.shared.redactor.uri(uri),
+            http_version: format!("{:?}", request.version()),
+            content_type: header(header::CONTENT_TYPE.as_str()),
+            client_request_id: header(graph::CLIENT_REQUEST_ID),
+        }
     }
 
     async fn exchange(
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        trace: &mut Trace,
     ) -> Result<(Served, String), ProxyError> {
-        let prepared = self.prepare(request, defaults).await?;
+        let prepared = self.prepare(request, defaults, trace).await?;
         let cassette = prepared.cassette.clone();
         let served = match prepared.mode {
             Mode::Replay => self.replay(&prepared)?,
@@ -231,6 +294,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        trace: &mut Trace,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -257,7 +321,10 @@ impl Proxy {
                 }
             })?,
         };
+        trace.mode = mode;
+        trace.cassette.clone_from(&cassette);
         let body = self.read_body(&parts.headers, body).await?;
+        trace.request_bytes = body.len() as u64;
         let forward_headers = forward_headers(&parts.headers);
         let uri = parts
             .uri
@@ -276,6 +343,14 @@ impl Proxy {
             headers: redactor.headers(&forward_headers),
             body: redactor.body(content_type, &body),
         };
+        if self
+            .shared
+            .observers
+            .get()
+            .is_some_and(Observers::keeps_bodies)
+        {
+            trace.request_body = Some(stored_request.body.clone());
+        }
         let normalized = matching::normalize_recorded(&stored_request);
         let key = normalized.key();
         Ok(Prepared {

@@ -3,7 +3,7 @@
 //! Layout: one tree of interactions keyed `cassette \0 match-key(32) id(8, big-endian)`,
 //! so all episodes of one request sit together in recording order and a lookup is one
 //! prefix scan of that request's own episodes, never of the cassette. A second tree
-//! lists cassette names.
+//! lists cassette names. A third, `audit`, holds the audit trail (see [`AuditTree`]).
 //!
 //! Durability is group commit: writers insert, then wait on a shared flusher that runs
 //! one `flush` for every writer that arrived while the previous flush ran. Concurrent
@@ -86,6 +86,7 @@ struct Inner {
     db: sled::Db,
     interactions: sled::Tree,
     cassettes: sled::Tree,
+    audit: sled::Tree,
     /// Episodes served so far per `cassette \0 key`, for sequential replay.
     cursors: Mutex<HashMap<Vec<u8>, usize>>,
     flush_requests: mpsc::UnboundedSender<FlushWaiter>,
@@ -107,6 +108,7 @@ impl Store {
             .map_err(|error| classify_open_error(path, error))?;
         let interactions = db.open_tree("interactions")?;
         let cassettes = db.open_tree("cassettes")?;
+        let audit = db.open_tree(AUDIT_TREE)?;
         let (flush_requests, flush_receiver) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -114,6 +116,7 @@ impl Store {
                 db,
                 interactions,
                 cassettes,
+                audit,
                 cursors: Mutex::new(HashMap::new()),
                 flush_requests,
                 flush_receiver: Mutex::new(Some(flush_receiver)),
@@ -341,6 +344,120 @@ impl Store {
         self.flush_now()?;
         let _ = std::fs::remove_file(self.inner.path.join(OWNER_FILE));
         Ok(())
+    }
+}
+
+/// sled tree of the audit trail. Keys: `r` + sequence number (8 bytes, big-endian) for
+/// records, so key order is append order; `m/anchor` and `m/head` for the chain's ends.
+/// Tests that tamper with the trail open this tree directly.
+pub const AUDIT_TREE: &str = "audit";
+const AUDIT_RECORD: u8 = b'r';
+const AUDIT_ANCHOR: &[u8] = b"m/anchor";
+const AUDIT_HEAD: &[u8] = b"m/head";
+
+/// The key of audit record `seq`.
+pub fn audit_key(seq: u64) -> [u8; 9] {
+    let mut key = [AUDIT_RECORD; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn audit_seq(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// The audit trail's storage: opaque record bytes by sequence number, plus two small
+/// values (the anchor left by pruning and the head after the last append). The record
+/// format and the hash chain belong to `audit`; this only keeps bytes in order.
+pub struct AuditTree<'a> {
+    tree: &'a sled::Tree,
+}
+
+impl Store {
+    /// The audit trail's tree.
+    pub fn audit(&self) -> AuditTree<'_> {
+        AuditTree {
+            tree: &self.inner.audit,
+        }
+    }
+}
+
+impl AuditTree<'_> {
+    /// Appends records and moves the head, atomically. Not flushed: the caller relies on
+    /// the store's flush policy (sled's periodic flush, the group flusher, the final flush).
+    pub fn append(&self, records: &[(u64, Vec<u8>)], head: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in records {
+            batch.insert(&audit_key(*seq)[..], bytes.as_slice());
+        }
+        batch.insert(AUDIT_HEAD, head);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every record, oldest first, as `(seq, bytes)`.
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.tree.scan_prefix([AUDIT_RECORD]).map(|entry| {
+            let (key, value) = entry?;
+            let seq = audit_seq(&key).ok_or_else(|| StoreError::Decode {
+                key: format!("audit key {key:?}"),
+                detail: "not a sequence number".to_owned(),
+            })?;
+            Ok((seq, value.to_vec()))
+        })
+    }
+
+    /// The oldest record.
+    pub fn first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.records().next().transpose()
+    }
+
+    /// The newest record.
+    pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.tree.scan_prefix([AUDIT_RECORD]).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(audit_seq(&key).map(|seq| (seq, value.to_vec())))
+            }
+        }
+    }
+
+    /// How many records there are (a key scan: for start-up and metrics, not per request).
+    pub fn len(&self) -> usize {
+        self.tree.scan_prefix([AUDIT_RECORD]).keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.scan_prefix([AUDIT_RECORD]).next().is_none()
+    }
+
+    /// The anchor left by the last pruning.
+    pub fn anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(AUDIT_ANCHOR)?.map(|v| v.to_vec()))
+    }
+
+    /// The head written with the last append.
+    pub fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(AUDIT_HEAD)?.map(|v| v.to_vec()))
+    }
+
+    /// Removes every record up to and including `through`, and sets the anchor, atomically.
+    pub fn prune(&self, through: u64, anchor: &[u8]) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in self
+            .tree
+            .range(&audit_key(0)[..]..=&audit_key(through)[..])
+            .keys()
+        {
+            batch.remove(key?);
+            removed += 1;
+        }
+        batch.insert(AUDIT_ANCHOR, anchor);
+        self.tree.apply_batch(batch)?;
+        Ok(removed)
     }
 }
 
