@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use crate::audit::format::{self, Format};
 use crate::audit::query::FilterSpec;
 use crate::audit::{self, AuditError, AuditLog};
-use crate::config::{validate_cassette_name, Mode};
+use crate::config::{validate_cassette_name, MatchingConfig, Mode};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{Defaults, Proxy};
+use crate::redact::Redactor;
 use crate::server::{Handler, ResponseFuture};
 use crate::store::Store;
 use crate::{cassette, graph};
@@ -141,22 +142,42 @@ pub struct Admin {
     metrics: Metrics,
     audit: Option<AuditLog>,
     token: Option<String>,
+    /// The proxy's redactor, for its running count of redactions.
+    redactor: Redactor,
+    /// Rules that index imported cassettes, as the proxy's own recordings are.
+    matching: MatchingConfig,
+}
+
+/// What the admin API is built from.
+pub struct AdminParts {
+    pub proxy: Proxy,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub audit: Option<AuditLog>,
+    pub token: Option<String>,
+    pub redactor: Redactor,
+    pub matching: MatchingConfig,
 }
 
 impl Admin {
-    pub fn new(
-        proxy: Proxy,
-        store: Store,
-        metrics: Metrics,
-        audit: Option<AuditLog>,
-        token: Option<String>,
-    ) -> Self {
+    pub fn new(parts: AdminParts) -> Self {
+        let AdminParts {
+            proxy,
+            store,
+            metrics,
+            audit,
+            token,
+            redactor,
+            matching,
+        } = parts;
         Self {
             proxy,
             store,
             metrics,
             audit,
             token,
+            redactor,
+            matching,
         }
     }
 
@@ -318,20 +339,21 @@ impl Admin {
         Ok(json_ok(serde_json::to_value(document).unwrap_or_default()))
     }
 
+    /// Imports an export document or a HAR 1.2 file into cassette `name`.
     async fn import(&self, name: String, body: Bytes) -> Result<Response<Full<Bytes>>, AdminError> {
-        let document = cassette::parse_export(
-            std::str::from_utf8(&body)
-                .map_err(|_| AdminError::BadRequest("the document is not UTF-8".into()))?,
-            std::path::Path::new("request body"),
-        )
-        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| AdminError::BadRequest("the document is not UTF-8".into()))?;
+        let imported = cassette::parse_any(text, std::path::Path::new("request body"), &name)
+            .map_err(|e| AdminError::BadRequest(e.to_string()))?;
         let store = self.store.clone();
-        let (cassette, count) = blocking(move || {
-            cassette::import(&store, document, Some(&name))
+        let matching = self.matching.clone();
+        let cassette = name.clone();
+        let count = blocking(move || {
+            cassette::import_interactions(&store, &cassette, imported.interactions, &matching)
                 .map_err(|e| AdminError::BadRequest(e.to_string()))
         })
         .await?;
-        Ok(json_ok(json!({"cassette": cassette, "imported": count})))
+        Ok(json_ok(json!({"cassette": name, "imported": count})))
     }
 
     async fn delete(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {
@@ -393,7 +415,11 @@ impl Admin {
         let records = self.audit.as_ref().map_or(0, AuditLog::records);
         text_ok(
             metrics::CONTENT_TYPE,
-            self.metrics.render(self.store.size_on_disk(), records),
+            self.metrics.render(
+                self.store.size_on_disk(),
+                records,
+                self.redactor.redaction_count(),
+            ),
         )
     }
 }

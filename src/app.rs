@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminParts};
 use crate::audit::{AuditError, AuditLog, AuditWriter};
 use crate::config::{Config, ConfigError};
 use crate::emulate::{Emulator, EmulatorOptions};
@@ -160,11 +160,13 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)?;
     store.start_flusher();
     let upstream = Upstream::new(&config.upstream)?;
+    let redactor = Redactor::new(config.sanitize.clone());
     let proxy = Proxy::new(
         config.proxy.clone(),
+        config.matching.clone(),
         store.clone(),
         upstream,
-        Redactor::default(),
+        redactor.clone(),
     );
     let metrics = Metrics::new();
     let (audit_log, audit_writer) = if config.audit.enabled {
@@ -176,6 +178,8 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     proxy.observe(Observers {
         audit: audit_log.clone(),
         metrics: metrics.clone(),
+        // Same rules, own counter (see `Observers::redactor`).
+        redactor: Redactor::new(config.sanitize.clone()),
     });
     let listener = bind(config.proxy.listen).await?;
     let proxy_addr = listener
@@ -183,13 +187,15 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         .map_err(|e| AppError::Other(format!("listener has no address: {e}")))?;
     let admin = if config.admin.enabled {
         let listener = bind_admin(config, proxy_addr).await?;
-        let handler = Admin::new(
-            proxy.clone(),
-            store.clone(),
-            metrics.clone(),
-            audit_log,
-            config.admin.token.clone(),
-        );
+        let handler = Admin::new(AdminParts {
+            proxy: proxy.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            audit: audit_log,
+            token: config.admin.token.clone(),
+            redactor,
+            matching: config.matching.clone(),
+        });
         Some(spawn(listener, None, Limits::default(), Arc::new(handler))?)
     } else {
         None

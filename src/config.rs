@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ServeArgs, StoreArgs};
 
+mod rules;
+
+pub use rules::{FileRules, FileSanitize, LeakGuard, MatchingConfig, Replacement, SanitizeConfig};
+
 /// The built-in defaults, named so the docs, `config.toml` and the code agree.
 pub mod defaults {
     use super::Mode;
@@ -86,6 +90,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub upstream: UpstreamConfig,
     pub store: StoreConfig,
+    pub matching: MatchingConfig,
+    pub sanitize: SanitizeConfig,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
 }
@@ -132,6 +138,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Add `x-graphvcr-outcome` and friends to every response.
     pub provenance_headers: bool,
+    /// In `auto`, recordings older than this count as absent and are recorded afresh.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +182,10 @@ pub struct FileConfig {
     pub upstream: FileUpstream,
     #[serde(default)]
     pub store: FileStore,
+    #[serde(default, rename = "match")]
+    pub matching: FileRules,
+    #[serde(default)]
+    pub sanitize: FileSanitize,
     #[serde(default)]
     pub audit: FileAudit,
     #[serde(default)]
@@ -211,6 +223,7 @@ pub struct FileProxy {
     pub body_read_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub provenance_headers: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,14 +289,14 @@ impl Config {
         Self::from_layers(args, file)
     }
 
-    /// Resolves a command that only needs the store location.
-    pub fn resolve_store(args: &StoreArgs) -> Result<StoreConfig, ConfigError> {
+    /// Resolves a command that works on the store (flags: config file and store path).
+    pub fn resolve_store(args: &StoreArgs) -> Result<Self, ConfigError> {
         let serve = ServeArgs {
             config: args.config.clone(),
             store: args.store.clone(),
             ..ServeArgs::default()
         };
-        Ok(Self::resolve(&serve)?.store)
+        Self::resolve(&serve)
     }
 
     /// The precedence rule itself, separated from I/O so it can be tested.
@@ -292,9 +305,15 @@ impl Config {
             proxy,
             upstream,
             store,
+            matching,
+            sanitize,
             audit,
             admin,
         } = file;
+        let max_age = match proxy.max_age.as_deref() {
+            None => None,
+            Some(text) => Some(duration("proxy.max_age", Some(text), text)?),
+        };
         let mode = match (args.mode, proxy.mode) {
             (Some(mode), _) => mode,
             (None, Some(text)) => Mode::parse(&text).ok_or_else(|| ConfigError::Invalid {
@@ -360,6 +379,7 @@ impl Config {
                 provenance_headers: proxy
                     .provenance_headers
                     .unwrap_or(defaults::PROVENANCE_HEADERS),
+                max_age,
             },
             upstream: UpstreamConfig {
                 url,
@@ -394,6 +414,8 @@ impl Config {
                     * 1024
                     * 1024,
             },
+            matching: matching.resolve()?,
+            sanitize: sanitize.resolve()?,
             audit: resolve_audit(audit)?,
             admin: resolve_admin(admin)?,
         })

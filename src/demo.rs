@@ -182,7 +182,8 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
         .first()
         .cloned()
         .ok_or_else(|| AppError::Other("the sample cassette is empty".into()))?;
-    let (name, count) = crate::cassette::import(&replayer.store, document, None)?;
+    let (name, count) =
+        crate::cassette::import(&replayer.store, document, None, &Default::default())?;
     println!("  imported {count} interactions into cassette '{name}'");
     let body = first.request.body.to_bytes().unwrap_or_default();
     let request = Request::builder()

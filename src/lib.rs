@@ -30,6 +30,7 @@ pub mod demo;
 pub mod emulate;
 pub mod error;
 pub mod graph;
+pub mod har;
 pub mod matching;
 pub mod metrics;
 pub mod observe;

@@ -127,18 +127,18 @@ impl Metrics {
         }
     }
 
-    /// The redaction counter, shared with whoever redacts.
-    pub fn redactions(&self) -> Counter {
-        self.inner.redactions.clone()
-    }
-
     /// The leak-guard counter, shared with whoever refuses.
     pub fn leak_guard_refusals(&self) -> Counter {
         self.inner.leak_guard_refusals.clone()
     }
 
-    /// The text exposition, with the scrape-time gauges set first.
-    pub fn render(&self, store_bytes: u64, audit_records: u64) -> String {
+    /// The text exposition, with the scrape-time values brought up to date first.
+    /// `redactions` is the redactor's running total (it counts with an atomic of its own).
+    pub fn render(&self, store_bytes: u64, audit_records: u64, redactions: u64) -> String {
+        let seen = self.inner.redactions.get();
+        if redactions > seen {
+            self.inner.redactions.inc_by(redactions - seen);
+        }
         self.inner
             .store_bytes
             .set(i64::try_from(store_bytes).unwrap_or(i64::MAX));
@@ -174,8 +174,7 @@ mod tests {
             Duration::from_millis(2),
             None,
         );
-        metrics.redactions().inc();
-        let text = metrics.render(4096, 1);
+        let text = metrics.render(4096, 1, 1);
         for needle in [
             "graphvcr_exchanges_total{outcome=\"replayed\",mode=\"replay\",cassette=\"default\",status_class=\"2xx\"} 1",
             "graphvcr_exchange_duration_seconds_count 1",

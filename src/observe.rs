@@ -14,13 +14,17 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Mode;
 use crate::graph;
 use crate::metrics::{status_class, ExchangeLabels, Metrics};
-use crate::proxy::Outcome;
+use crate::proxy::{Outcome, LEAK_GUARD_HEADER};
+use crate::redact::Redactor;
 
 /// Where the observations go; attached to a running proxy with `Proxy::observe`.
 #[derive(Clone)]
 pub struct Observers {
     pub audit: Option<AuditLog>,
     pub metrics: Metrics,
+    /// The proxy's sanitizing rules, with a counter of its own: sanitizing response
+    /// bodies for the audit must not count again as the proxy's redactions.
+    pub redactor: Redactor,
 }
 
 /// What the request turned out to be, filled in as the pipeline learns it: the
@@ -30,6 +34,8 @@ pub struct Trace {
     pub mode: Mode,
     pub cassette: String,
     pub request_bytes: u64,
+    /// The sanitized path and query, once the pipeline has made it.
+    pub uri: Option<String>,
     /// Sanitized; only set when the audit keeps bodies.
     pub request_body: Option<Bytes>,
 }
@@ -44,6 +50,7 @@ impl Trace {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            uri: None,
             request_body: None,
         }
     }
@@ -61,7 +68,7 @@ pub struct Exchange<'a> {
     pub upstream_latency: Option<Duration>,
     pub interaction: Option<u64>,
     pub response: &'a Response<Full<Bytes>>,
-    /// Sanitized; only set when the audit keeps bodies.
+    /// As sent to the client; only set when the audit keeps bodies (sanitized here).
     pub response_body: Option<Bytes>,
 }
 
@@ -70,8 +77,8 @@ pub struct Exchange<'a> {
 pub struct RequestFacts {
     pub method: String,
     pub host: String,
-    /// Sanitized path and query.
-    pub uri: String,
+    /// Path and query as received; sanitized before the audit keeps it.
+    pub raw_uri: String,
     pub http_version: String,
     pub content_type: Option<String>,
     pub client_request_id: Option<String>,
@@ -109,8 +116,11 @@ impl Observers {
             e.latency,
             e.upstream_latency,
         );
-        let Some(audit) = &self.audit else { return };
         let headers = e.response.headers();
+        if headers.contains_key(LEAK_GUARD_HEADER) {
+            self.metrics.leak_guard_refusals().inc();
+        }
+        let Some(audit) = &self.audit else { return };
         let text = |name: &str| {
             headers
                 .get(name)
@@ -124,7 +134,10 @@ impl Observers {
             client: e.peer.to_string(),
             method: e.request.method.clone(),
             host: e.request.host.clone(),
-            uri: e.request.uri.clone(),
+            uri: e
+                .trace
+                .uri
+                .unwrap_or_else(|| self.redactor.uri(&e.request.raw_uri)),
             http_version: e.request.http_version.clone(),
             request_bytes: e.trace.request_bytes,
             response_bytes: e.response.body().size_hint().exact().unwrap_or(0),
@@ -137,9 +150,12 @@ impl Observers {
             client_request_id: text(graph::CLIENT_REQUEST_ID)
                 .or_else(|| e.request.client_request_id.clone()),
             request_content_type: e.request.content_type.clone(),
-            response_content_type: text(header::CONTENT_TYPE.as_str()),
             request_body: e.trace.request_body,
-            response_body: e.response_body,
+            response_body: e.response_body.map(|body| {
+                let content_type = text(header::CONTENT_TYPE.as_str());
+                self.redactor.body(content_type.as_deref(), &body)
+            }),
+            response_content_type: text(header::CONTENT_TYPE.as_str()),
         });
     }
 }

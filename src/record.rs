@@ -119,6 +119,23 @@ pub fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
+/// Decodes a gzip, deflate or brotli body, up to `limit` decoded bytes. `None` when the
+/// body is not encoded (or not in a way graphvcr knows), is corrupt, or is too large:
+/// callers then use the bytes as received.
+pub fn decode_body(encoding: Option<&str>, body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let encoding = encoding?.trim().to_ascii_lowercase();
+    let reader: Box<dyn Read + '_> = match encoding.as_str() {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(body)),
+        "br" => Box::new(brotli::Decompressor::new(body, 4096)),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    let read = reader.take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    (read <= limit).then_some(out)
+}
+
 mod base64_bytes {
     use super::*;
 

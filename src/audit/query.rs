@@ -210,19 +210,15 @@ impl Filter {
         {
             return false;
         }
-        // `map_or(true, ..)` rather than `is_none_or`: the crate's MSRV is 1.80.
         self.method
             .as_ref()
-            .map_or(true, |m| record.method.eq_ignore_ascii_case(m))
-            && self.outcome.as_ref().map_or(true, |o| &record.outcome == o)
-            && self
-                .cassette
-                .as_ref()
-                .map_or(true, |c| &record.cassette == c)
+            .is_none_or(|m| record.method.eq_ignore_ascii_case(m))
+            && self.outcome.as_ref().is_none_or(|o| &record.outcome == o)
+            && self.cassette.as_ref().is_none_or(|c| &record.cassette == c)
             && self
                 .path
                 .as_ref()
-                .map_or(true, |glob| glob_match(glob, record.path()))
+                .is_none_or(|glob| glob_match(glob, record.path()))
     }
 }
 
