@@ -398,17 +398,26 @@ impl Admin {
 
     async fn query(&self, query: &str) -> Result<Vec<audit::AuditRecord>, AdminError> {
         let filter = FilterSpec::from_query(query)?.parse(std::time::SystemTime::now())?;
+        self.sync_audit().await;
         let store = self.store.clone();
         blocking(move || audit::query(&store, &filter).map_err(AdminError::from)).await
     }
 
     async fn verify(&self) -> Result<Response<Full<Bytes>>, AdminError> {
+        self.sync_audit().await;
         let store = self.store.clone();
         let verification =
             blocking(move || audit::verify(&store).map_err(AdminError::from)).await?;
         Ok(json_ok(
             serde_json::to_value(verification).unwrap_or_default(),
         ))
+    }
+
+    /// Read-your-writes: an exchange whose response a client has seen is in the answer.
+    async fn sync_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.sync().await;
+        }
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {

@@ -57,6 +57,8 @@ pub struct AuditEvent {
 
 enum Message {
     Event(Box<AuditEvent>),
+    /// Acknowledged once everything queued before it is appended.
+    Sync(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -100,6 +102,15 @@ impl AuditLog {
     pub fn send(&self, event: AuditEvent) {
         // After close the writer is gone; an exchange finishing that late is not kept.
         let _ = self.sender.send(Message::Event(Box::new(event)));
+    }
+
+    /// Waits until every exchange queued so far is in the store, so a query made after a
+    /// response was received sees that exchange (the admin API calls this first).
+    pub async fn sync(&self) {
+        let (ack, acked) = oneshot::channel();
+        if self.sender.send(Message::Sync(ack)).is_ok() {
+            let _ = acked.await;
+        }
     }
 
     /// Records in the trail now, for metrics.
@@ -191,10 +202,12 @@ impl State {
             };
             let mut events = Vec::new();
             let mut close = None;
+            let mut synced = Vec::new();
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match message {
                     Message::Event(event) => events.push(*event),
+                    Message::Sync(ack) => synced.push(ack),
                     Message::Close(ack) => {
                         close = Some(ack);
                         break;
@@ -207,6 +220,9 @@ impl State {
             if !events.is_empty() {
                 self.append(events);
                 self.retain(false);
+            }
+            for ack in synced {
+                let _ = ack.send(());
             }
             if let Some(ack) = close {
                 // Anything still queued behind the close arrived after shutdown began.

@@ -49,6 +49,8 @@ pub struct Proc {
     child: Child,
     pub addr: SocketAddr,
     pub scheme: String,
+    /// The admin API's base URL, from the `admin listening on` line `serve` prints first.
+    pub admin: Option<String>,
     command: String,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -70,11 +72,17 @@ impl Proc {
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
         let pipe = child.stderr.take().expect("stderr is piped");
         let lines = stderr.clone();
+        let admin = Arc::new(Mutex::new(None::<String>));
+        let admin_slot = admin.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("listening on ") {
                     let _ = ready_tx.send(url.trim().to_owned());
+                }
+                if let Some(url) = line.strip_prefix("admin listening on ") {
+                    *admin_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(url.trim().to_owned());
                 }
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
@@ -91,10 +99,13 @@ impl Proc {
             }
         };
         let (scheme, addr) = url.split_once("://").expect("listening line has a scheme");
+        let admin_url = admin.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Proc {
             child,
             addr: addr.parse().expect("listening line has an address"),
             scheme: scheme.to_owned(),
+            // Printed before `listening on`, so already read.
+            admin: admin_url,
             command,
             stderr,
         }
@@ -102,6 +113,18 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// A URL on the admin API; panics when the process runs none.
+    pub fn admin_url(&self, path: &str) -> String {
+        let base = self.admin.as_deref().unwrap_or_else(|| {
+            panic!(
+                "{} printed no `admin listening on` line; stderr:\n{}",
+                self.command,
+                self.stderr()
+            )
+        });
+        format!("{base}{path}")
     }
 
     pub fn stderr(&self) -> String {
@@ -393,4 +416,85 @@ pub fn file_count(dir: &Path) -> usize {
         }
     }
     count
+}
+
+/// A minimal upstream inside the test process, for tests about graphvcr's own behaviour
+/// rather than Graph's: every request gets 200 with a small JSON body and a fresh
+/// `request-id`; a path containing `hangup` gets its connection closed without an answer,
+/// which the proxy reports as an upstream failure. Stops when dropped.
+pub struct StubUpstream {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StubUpstream {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stub upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("stub address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("stub runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                tokio::pin!(stopped);
+                loop {
+                    let stream = tokio::select! {
+                        _ = &mut stopped => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => continue,
+                        },
+                    };
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(stub_answer);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn stub_answer(
+    request: Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::io::Error> {
+    let path = request.uri().path().to_owned();
+    if path.contains("hangup") {
+        return Err(std::io::Error::other("the stub hangs up on purpose"));
+    }
+    let _ = request.into_body().collect().await;
+    let body = serde_json::json!({"id": "stub", "path": path}).to_string();
+    Ok(http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("request-id", uuid::Uuid::new_v4().to_string())
+        .body(Full::new(Bytes::from(body)))
+        .expect("stub response"))
+}
+
+impl Drop for StubUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
