@@ -117,7 +117,8 @@ impl ProxyServer {
         self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Drains the proxy, then the admin API, then the audit queue, then flushes the store.
+    /// Drains the proxy, then the admin API, then the audit queue; then flushes and
+    /// releases the store's lock (every clone of the store is gone by then).
     pub async fn stop(self) -> Result<(), AppError> {
         self.running.stop().await;
         if let Some(admin) = self.admin {
@@ -126,7 +127,8 @@ impl ProxyServer {
         if let Some(audit) = self.audit {
             audit.close().await;
         }
-        self.store.close()?;
+        drop(self.proxy);
+        self.store.close_and_release()?;
         Ok(())
     }
 }

@@ -179,7 +179,9 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
         crate::cassette::parse_export(SAMPLE_CASSETTE, Path::new("cassettes/sample.json"))?;
     let first = document
         .interactions
-        .first()
+        .iter()
+        .find(|i| i.request.method == "PATCH")
+        .or(document.interactions.first())
         .cloned()
         .ok_or_else(|| AppError::Other("the sample cassette is empty".into()))?;
     let (name, count) =

@@ -34,8 +34,7 @@ pub struct Trace {
     pub mode: Mode,
     pub cassette: String,
     pub request_bytes: u64,
-    /// The sanitized path and query, once the pipeline has made it.
-    pub uri: Option<String>,
+
     /// Sanitized; only set when the audit keeps bodies.
     pub request_body: Option<Bytes>,
 }
@@ -50,7 +49,7 @@ impl Trace {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            uri: None,
+
             request_body: None,
         }
     }
@@ -77,8 +76,8 @@ pub struct Exchange<'a> {
 pub struct RequestFacts {
     pub method: String,
     pub host: String,
-    /// Path and query as received; sanitized before the audit keeps it.
-    pub raw_uri: String,
+    /// Path and query, sanitized as for storing and logging.
+    pub uri: String,
     pub http_version: String,
     pub content_type: Option<String>,
     pub client_request_id: Option<String>,
@@ -134,10 +133,7 @@ impl Observers {
             client: e.peer.to_string(),
             method: e.request.method.clone(),
             host: e.request.host.clone(),
-            uri: e
-                .trace
-                .uri
-                .unwrap_or_else(|| self.redactor.uri(&e.request.raw_uri)),
+            uri: e.request.uri.clone(),
             http_version: e.request.http_version.clone(),
             request_bytes: e.trace.request_bytes,
             response_bytes: e.response.body().size_hint().exact().unwrap_or(0),
@@ -147,8 +143,13 @@ impl Observers {
             upstream: e.upstream_latency,
             interaction: e.interaction,
             request_id: text(graph::REQUEST_ID),
-            client_request_id: text(graph::CLIENT_REQUEST_ID)
-                .or_else(|| e.request.client_request_id.clone()),
+            // The client's own id correlates with its logs; on replay the response's
+            // header is the recording's.
+            client_request_id: e
+                .request
+                .client_request_id
+                .clone()
+                .or_else(|| text(graph::CLIENT_REQUEST_ID)),
             request_content_type: e.request.content_type.clone(),
             request_body: e.trace.request_body,
             response_body: e.response_body.map(|body| {

@@ -189,47 +189,49 @@ impl Proxy {
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let path = request.uri().path().to_owned();
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        // Sanitized once: stored, matched and logged in this form.
+        let sanitized_uri = self.shared.redactor.uri(target);
+        let path = matching::path_of(&sanitized_uri).to_owned();
         let defaults = self.defaults();
         let observers = self.shared.observers.get();
         let started_at = SystemTime::now();
-        let facts = observers.map(|_| Self::request_facts(&request));
+        let facts = observers.map(|_| Self::request_facts(&request, &sanitized_uri));
         let mut trace = Trace::new(defaults.mode, &defaults.cassette, request.headers());
         let keep_bodies = observers.is_some_and(Observers::keeps_bodies);
         let (mut upstream_latency, mut interaction, mut response_body) = (None, None, None);
-        let (response, outcome, status, detail) =
-            match self.exchange(request, &defaults, &mut trace).await {
-                Ok((served, cassette)) => {
-                    let status = served.status;
-                    let outcome = served.outcome;
-                    let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
-                    upstream_latency = served.upstream_latency;
-                    interaction = served.interaction;
-                    if keep_bodies {
-                        response_body = Some(served.body.clone());
-                    }
-                    tracing::info!(
-                        target: "graphvcr::exchange",
-                        %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
-                        %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        upstream_ms, interaction,
-                        "exchange"
-                    );
-                    (self.finish(served, &cassette), outcome, status, None)
+        let exchange = self.exchange(request, &defaults, sanitized_uri, &mut trace);
+        let (response, outcome, status, detail) = match exchange.await {
+            Ok((served, cassette)) => {
+                let status = served.status;
+                let outcome = served.outcome;
+                let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
+                upstream_latency = served.upstream_latency;
+                interaction = served.interaction;
+                if keep_bodies {
+                    response_body = Some(served.body.clone());
                 }
-                Err(error) => {
-                    let outcome = match &error {
-                        ProxyError::Miss(_) => Outcome::Miss,
-                        ProxyError::Upstream(_) => Outcome::UpstreamError,
-                        ProxyError::Store(_) => Outcome::Error,
-                        _ => Outcome::Rejected,
-                    };
-                    let status = error.status();
-                    let response =
-                        self.error_response(&error, outcome, client_request_id.as_deref());
-                    (response, outcome, status, Some(error.to_string()))
-                }
-            };
+                tracing::info!(
+                    target: "graphvcr::exchange",
+                    %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
+                    %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    upstream_ms, interaction,
+                    "exchange"
+                );
+                (self.finish(served, &cassette), outcome, status, None)
+            }
+            Err(error) => {
+                let outcome = match &error {
+                    ProxyError::Miss(_) => Outcome::Miss,
+                    ProxyError::Upstream(_) => Outcome::UpstreamError,
+                    ProxyError::Store(_) => Outcome::Error,
+                    _ => Outcome::Rejected,
+                };
+                let status = error.status();
+                let response = self.error_response(&error, outcome, client_request_id.as_deref());
+                (response, outcome, status, Some(error.to_string()))
+            }
+        };
         if let Some(detail) = detail {
             let level_is_error = matches!(outcome, Outcome::Error);
             if level_is_error {
@@ -259,7 +261,7 @@ impl Proxy {
     }
 
     /// What the audit keeps of a request, taken before the pipeline consumes it.
-    fn request_facts(request: &Request<Incoming>) -> RequestFacts {
+    fn request_facts(request: &Request<Incoming>, sanitized_uri: &str) -> RequestFacts {
         let header = |name: &str| {
             request
                 .headers()
@@ -272,11 +274,7 @@ impl Proxy {
             host: header(header::HOST.as_str())
                 .or_else(|| request.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default(),
-            raw_uri: request
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned(),
+            uri: sanitized_uri.to_owned(),
             http_version: format!("{:?}", request.version()),
             content_type: header(header::CONTENT_TYPE.as_str()),
             client_request_id: header(graph::CLIENT_REQUEST_ID),
@@ -287,9 +285,12 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
         trace: &mut Trace,
     ) -> Result<(Served, String), ProxyError> {
-        let prepared = self.prepare(request, defaults, trace).await?;
+        let prepared = self
+            .prepare(request, defaults, sanitized_uri, trace)
+            .await?;
         let cassette = prepared.cassette.clone();
         let served = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared)? {
@@ -314,6 +315,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
         trace: &mut Trace,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
@@ -355,7 +357,7 @@ impl Proxy {
         let sanitized = redactor.message(&forward_headers, &body);
         let stored_request = RecordedRequest {
             method: parts.method.as_str().to_owned(),
-            uri: redactor.uri(&uri),
+            uri: sanitized_uri,
             host: None,
             headers: sanitized.headers,
             body: sanitized.body,
@@ -368,7 +370,7 @@ impl Proxy {
         {
             trace.request_body = Some(stored_request.body.clone());
         }
-        trace.uri = Some(stored_request.uri.clone());
+
         let rule_set = self.shared.matching.for_cassette(&cassette);
         let rules = rule_set.rules_for(
             &stored_request.method,
@@ -669,9 +671,19 @@ impl Proxy {
 
 fn replayed(episode: crate::store::Episode) -> Served {
     let recorded = episode.interaction.response;
+    let mut headers = record::headers_to_map(&recorded.headers);
+    // A hand-edited import can carry a stale length; a wrong one would break the reply.
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        if length.to_str().ok() != Some(recorded.body.len().to_string().as_str()) {
+            headers.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(recorded.body.len()),
+            );
+        }
+    }
     Served {
         status: StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
-        headers: record::headers_to_map(&recorded.headers),
+        headers,
         body: recorded.body,
         outcome: Outcome::Replayed,
         interaction: Some(episode.interaction.id),

@@ -192,6 +192,9 @@ pub struct ExportedRequest {
     pub headers: Vec<Header>,
     #[serde(flatten)]
     pub body: ExportedBody,
+    /// For reading only: a compressed body decoded (JSON as a value). Import ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +204,17 @@ pub struct ExportedResponse {
     pub headers: Vec<Header>,
     #[serde(flatten)]
     pub body: ExportedBody,
+    /// For reading only: a compressed body decoded (JSON as a value). Import ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Value>,
+}
+
+/// A compressed body decoded for people: JSON as a value, else text, else nothing.
+fn decoded_for_display(headers: &[Header], body: &[u8]) -> Option<Value> {
+    let decoded = decode_body(header_value(headers, "content-encoding"), body, 64 << 20)?;
+    serde_json::from_slice(&decoded)
+        .ok()
+        .or_else(|| String::from_utf8(decoded).ok().map(Value::String))
 }
 
 /// A body in the most readable form that still gives back the exact bytes.
@@ -250,11 +264,19 @@ impl ExportedInteraction {
                 host: interaction.request.host.clone(),
                 headers: interaction.request.headers.clone(),
                 body: ExportedBody::from_bytes(&interaction.request.body),
+                decoded: decoded_for_display(
+                    &interaction.request.headers,
+                    &interaction.request.body,
+                ),
             },
             response: ExportedResponse {
                 status: interaction.response.status,
                 headers: interaction.response.headers.clone(),
                 body: ExportedBody::from_bytes(&interaction.response.body),
+                decoded: decoded_for_display(
+                    &interaction.response.headers,
+                    &interaction.response.body,
+                ),
             },
         }
     }

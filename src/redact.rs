@@ -152,6 +152,7 @@ impl Redactor {
     /// sanitizing changes it: then the sanitized, decoded body is kept and the
     /// `Content-Encoding`/`Content-Length` headers are adjusted to match.
     pub fn message(&self, headers: &HeaderMap, body: &Bytes) -> Sanitized {
+        let original_len = body.len();
         let mut stored_headers = self.headers(headers);
         let content_type = header(headers, "content-type");
         let encoding = header(headers, "content-encoding");
@@ -160,19 +161,21 @@ impl Redactor {
         let sanitized = self.body(content_type, plain);
         let body = match decoded {
             Some(decoded) if sanitized != decoded => {
-                stored_headers.retain(|h| {
-                    !h.name.eq_ignore_ascii_case("content-encoding")
-                        && !h.name.eq_ignore_ascii_case("content-length")
-                });
-                stored_headers.push(Header::new(
-                    "content-length",
-                    sanitized.len().to_string().as_bytes(),
-                ));
+                stored_headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
                 sanitized
             }
             Some(_) => body.clone(),
             None => sanitized,
         };
+        if body.len() != original_len {
+            // The stored length must describe the stored body, or replay sends a broken message.
+            for header in stored_headers
+                .iter_mut()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            {
+                header.value = body.len().to_string();
+            }
+        }
         Sanitized {
             headers: stored_headers,
             body,

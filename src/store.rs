@@ -196,14 +196,18 @@ impl Store {
         let Some(mut receiver) = receiver else {
             return;
         };
-        let db = self.inner.db.clone();
+        // A weak handle: the flusher must not keep the database (and its lock) alive once
+        // every `Store` clone is gone; the channel then closes and the task ends.
+        let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut waiters = vec![first];
                 while let Ok(next) = receiver.try_recv() {
                     waiters.push(next);
                 }
-                let db = db.clone();
+                let Some(db) = inner.upgrade().map(|inner| inner.db.clone()) else {
+                    break;
+                };
                 let result = match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(error)) => Err(error.to_string()),
@@ -594,6 +598,23 @@ impl Store {
         self.flush_now()?;
         let _ = std::fs::remove_file(self.inner.path.join(OWNER_FILE));
         Ok(())
+    }
+
+    /// Closes the store and releases its lock, so the same process can open it again.
+    /// Fails if another clone of this handle is still alive.
+    pub fn close_and_release(self) -> Result<(), StoreError> {
+        self.close()?;
+        let path = self.inner.path.clone();
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                drop(inner);
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Io(format!(
+                "cassette store {} is still in use inside this process",
+                path.display()
+            ))),
+        }
     }
 }
 

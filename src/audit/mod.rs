@@ -80,7 +80,7 @@ pub struct AuditRecord {
     pub interaction: Option<u64>,
     /// Graph's `request-id` from the response.
     pub request_id: Option<String>,
-    /// `client-request-id` from the response (Graph echoes the client's) or the request.
+    /// The client's `client-request-id`, else the response's (Graph sets one).
     pub client_request_id: Option<String>,
     pub request_content_type: Option<String>,
     pub response_content_type: Option<String>,

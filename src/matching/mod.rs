@@ -267,14 +267,22 @@ fn normalize_query(query: &str) -> Vec<(String, String)> {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            (
-                normalize_percent(name, true),
-                normalize_percent(value, true),
-            )
+            (decode_query_part(name), decode_query_part(value))
         })
         .collect();
     pairs.sort();
     pairs
+}
+
+/// Query parts are compared decoded, as servers read them (`%2C` = `,`, `+` = space),
+/// after splitting on `&` and `=` so encoded separators stay inside their part. Parts
+/// that do not decode to UTF-8 are compared in normalised escaped form.
+fn decode_query_part(part: &str) -> String {
+    let spaced = part.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => decoded.into_owned(),
+        Err(_) => normalize_percent(part, true),
+    }
 }
 
 fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -> NormalBody {

@@ -34,11 +34,13 @@ fn column(records: &[Value], field: &str) -> Vec<String> {
         .collect()
 }
 
-/// One exchange of every outcome through one proxy: recorded, replayed, miss,
-/// passthrough, rejected and an upstream failure.
-async fn mixed_run(scratch: &Scratch, upstream: &StubUpstream) -> Proc {
+/// One exchange of every outcome: recorded, replayed, miss, passthrough and rejected
+/// through a proxy in front of the emulator, then an upstream failure through a second
+/// proxy on the same store (the chain continues across processes).
+async fn mixed_run(scratch: &Scratch) {
     let http = Http::new();
-    let proxy = proxy(scratch, "record", &upstream.url(), &[]);
+    let mut upstream = emulator(scratch);
+    let mut proxy = proxy(scratch, "record", &upstream.url(""), &[]);
     let path = status_path("cfg-a", "dev-a");
     let recorded = http.patch(&proxy.url(&path), SEED_BODY).await;
     assert_eq!(recorded.header("x-graphvcr-outcome"), Some("recorded"));
@@ -52,6 +54,7 @@ async fn mixed_run(scratch: &Scratch, upstream: &StubUpstream) -> Proc {
                 &[
                     ("x-graphvcr-mode", mode),
                     ("content-type", "application/json"),
+                    ("authorization", "Bearer test-token"),
                     ("client-request-id", "c0ffee00-0000-4000-8000-000000000001"),
                 ],
                 SEED_BODY,
@@ -64,20 +67,26 @@ async fn mixed_run(scratch: &Scratch, upstream: &StubUpstream) -> Proc {
     let miss = send("replay", status_path("cfg-a", "dev-missing")).await;
     assert_eq!(miss.status.as_u16(), 599);
     let passthrough = send("passthrough", status_path("cfg-p", "dev-p")).await;
-    assert_eq!(passthrough.status, 200);
+    assert_eq!(passthrough.status, 200, "{}", passthrough.text());
     let rejected = send("rewind", path.clone()).await;
     assert_eq!(rejected.status, 400);
-    let failed = send("record", "/v1.0/hangup".to_owned()).await;
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
+    upstream.kill();
+
+    let mut unreachable = crate::support::proxy(scratch, "record", &upstream.url(""), &[]);
+    let failed = http.patch(&unreachable.url(&path), SEED_BODY).await;
     assert_eq!(failed.status, 502, "{}", failed.text());
-    proxy
+    assert!(
+        unreachable.interrupt().success(),
+        "{}",
+        unreachable.stderr()
+    );
 }
 
 #[tokio::test]
 async fn every_exchange_is_audited_with_its_outcome_and_status() {
     let scratch = Scratch::new();
-    let upstream = StubUpstream::start();
-    let mut proxy = mixed_run(&scratch, &upstream).await;
-    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
+    mixed_run(&scratch).await;
 
     let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
     assert_eq!(
@@ -139,8 +148,9 @@ async fn every_exchange_is_audited_with_its_outcome_and_status() {
     assert_eq!(count(&["--status", "599"]), 1);
     assert_eq!(count(&["--method", "patch"]), 6);
     assert_eq!(count(&["--method", "GET"]), 0);
-    assert_eq!(count(&["--path", "/v1.0/**/deviceStatuses/dev-a"]), 3);
-    assert_eq!(count(&["--path", "/v1.0/*"]), 1);
+    assert_eq!(count(&["--path", "/v1.0/**/deviceStatuses/dev-a"]), 4);
+    assert_eq!(count(&["--path", "/v1.0/*"]), 0);
+    assert_eq!(count(&["--path", "/v1.0/*/*/cfg-a/**"]), 5);
     assert_eq!(count(&["--cassette", "default"]), 6);
     assert_eq!(count(&["--since", "1h"]), 6);
     assert_eq!(count(&["--until", "2020-01-01T00:00:00+01:00"]), 0);
@@ -313,9 +323,9 @@ async fn audit_verify_names_an_edited_or_removed_record() {
 #[tokio::test]
 async fn the_admin_api_switches_mode_and_cassette_on_a_live_proxy() {
     let scratch = Scratch::new();
-    let upstream = StubUpstream::start();
+    let upstream = emulator(&scratch);
     let http = Http::new();
-    let proxy = proxy(&scratch, "replay", &upstream.url(), &[]);
+    let proxy = proxy(&scratch, "replay", &upstream.url(""), &[]);
     let admin = |path: &str| proxy.admin_url(path);
     let path = status_path("cfg-s", "dev-s");
 
@@ -444,9 +454,9 @@ async fn the_admin_api_switches_mode_and_cassette_on_a_live_proxy() {
 #[tokio::test]
 async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
     let scratch = Scratch::new();
-    let upstream = StubUpstream::start();
+    let upstream = emulator(&scratch);
     let http = Http::new();
-    let mut proxy = proxy(&scratch, "record", &upstream.url(), &[]);
+    let mut proxy = proxy(&scratch, "record", &upstream.url(""), &[]);
     let path = status_path("cfg-l", "dev-l");
     assert_eq!(http.patch(&proxy.url(&path), SEED_BODY).await.status, 200);
 

@@ -2,4 +2,5 @@
 
 mod audit;
 mod core;
+mod rules;
 mod support;

@@ -418,51 +418,63 @@ pub fn file_count(dir: &Path) -> usize {
     count
 }
 
-/// A minimal upstream inside the test process, for tests about graphvcr's own behaviour
-/// rather than Graph's: every request gets 200 with a small JSON body and a fresh
-/// `request-id`; a path containing `hangup` gets its connection closed without an answer,
-/// which the proxy reports as an upstream failure. Stops when dropped.
-pub struct StubUpstream {
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// What an in-test upstream sees of a request.
+pub struct Seen {
+    pub parts: http::request::Parts,
+    pub body: Bytes,
 }
 
-impl StubUpstream {
-    pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stub upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("stub address");
+type Respond = dyn Fn(&Seen) -> http::Response<Full<Bytes>> + Send + Sync;
+
+struct FnHandler(std::sync::Arc<Respond>);
+
+impl graphvcr::server::Handler for FnHandler {
+    fn call(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        _peer: SocketAddr,
+    ) -> graphvcr::server::ResponseFuture {
+        let respond = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            respond(&Seen { parts, body })
+        })
+    }
+}
+
+/// An in-process upstream on 127.0.0.1 answering with `respond`; stops when dropped.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestUpstream {
+    pub async fn start(
+        respond: impl Fn(&Seen) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("stub runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                tokio::pin!(stopped);
-                loop {
-                    let stream = tokio::select! {
-                        _ = &mut stopped => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                    };
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(stub_answer);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        });
+        let handler = std::sync::Arc::new(FnHandler(std::sync::Arc::new(respond)));
+        tokio::spawn(graphvcr::server::serve(
+            listener,
+            None,
+            graphvcr::server::Limits::default(),
+            handler,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             stop: Some(stop),
-            thread: Some(thread),
         }
     }
 
@@ -471,30 +483,10 @@ impl StubUpstream {
     }
 }
 
-async fn stub_answer(
-    request: Request<hyper::body::Incoming>,
-) -> Result<http::Response<Full<Bytes>>, std::io::Error> {
-    let path = request.uri().path().to_owned();
-    if path.contains("hangup") {
-        return Err(std::io::Error::other("the stub hangs up on purpose"));
-    }
-    let _ = request.into_body().collect().await;
-    let body = serde_json::json!({"id": "stub", "path": path}).to_string();
-    Ok(http::Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .header("request-id", uuid::Uuid::new_v4().to_string())
-        .body(Full::new(Bytes::from(body)))
-        .expect("stub response"))
-}
-
-impl Drop for StubUpstream {
+impl Drop for TestUpstream {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
