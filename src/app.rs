@@ -189,6 +189,11 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         .map_err(|e| AppError::Other(format!("listener has no address: {e}")))?;
     let admin = if config.admin.enabled {
         let listener = bind_admin(config, proxy_addr).await?;
+        if config.admin.listen.is_some_and(|a| !a.ip().is_loopback())
+            && config.admin.token.is_none()
+        {
+            tracing::warn!("admin.listen is not a loopback address but admin.token is unset: only loopback peers will be served");
+        }
         let handler = Admin::new(AdminParts {
             proxy: proxy.clone(),
             store: store.clone(),

@@ -679,11 +679,6 @@ impl AuditTree<'_> {
         })
     }
 
-    /// The oldest record.
-    pub fn first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.records().next().transpose()
-    }
-
     /// The newest record.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         match self.tree.scan_prefix([AUDIT_RECORD]).next_back() {
@@ -712,6 +707,13 @@ impl AuditTree<'_> {
     /// The head written with the last append.
     pub fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(AUDIT_HEAD)?.map(|v| v.to_vec()))
+    }
+
+    /// Removes one record and nothing else: what someone deleting it by hand leaves.
+    #[cfg(test)]
+    pub(crate) fn remove_one(&self, seq: u64) -> Result<(), StoreError> {
+        self.tree.remove(audit_key(seq))?;
+        Ok(())
     }
 
     /// Removes every record up to and including `through`, and sets the anchor, atomically.
