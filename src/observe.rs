@@ -83,13 +83,14 @@ pub struct RequestFacts {
     pub client_request_id: Option<String>,
 }
 
-/// The audit's name for a proxy outcome: `Forwarded` is what passthrough does, and the
+/// The audit's name for a proxy outcome: `Forwarded` is what passthrough does, and so is
+/// a forward-proxy tunnel to a host that is not intercepted (relayed, never stored); the
 /// store's failure (`Error`) is kept as `error`.
 pub fn audit_outcome(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Recorded => "recorded",
         Outcome::Replayed => "replayed",
-        Outcome::Forwarded => "passthrough",
+        Outcome::Forwarded | Outcome::Tunnel => "passthrough",
         Outcome::Miss => "miss",
         Outcome::UpstreamError => "upstream_error",
         Outcome::Rejected => "rejected",

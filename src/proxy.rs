@@ -15,8 +15,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::config::{validate_cassette_name, LeakGuard, MatchingConfig, Mode, ProxyConfig};
+use crate::config::{
+    validate_cassette_name, ForwardConfig, LeakGuard, MatchingConfig, Mode, ProxyConfig,
+    UnknownHosts,
+};
 use crate::error::{MissReport, Nearest, ProxyError};
+use crate::forward::{self, Interceptor, Target};
 use crate::graph;
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
@@ -62,6 +66,8 @@ pub enum Outcome {
     Forwarded,
     Miss,
     UpstreamError,
+    /// Forward-proxy traffic to a host that is not intercepted: relayed, never stored.
+    Tunnel,
     /// Refused before any work: bad body, bad control header.
     Rejected,
     /// The store failed.
@@ -76,6 +82,7 @@ impl Outcome {
             Self::Forwarded => "forwarded",
             Self::Miss => "miss",
             Self::UpstreamError => "upstream_error",
+            Self::Tunnel => "tunnel",
             Self::Rejected => "rejected",
             Self::Error => "error",
         }
@@ -97,6 +104,7 @@ pub struct Proxy {
 
 struct Shared {
     config: ProxyConfig,
+    interceptor: Interceptor,
     matching: MatchingConfig,
     defaults: RwLock<Defaults>,
     store: Store,
@@ -132,11 +140,14 @@ struct Prepared {
     key: MatchKey,
     fingerprint: u64,
     policy: EpisodePolicy,
+    /// Forward-proxy target; `None` in reverse mode.
+    target: Option<Target>,
 }
 
 impl Proxy {
     pub fn new(
         config: ProxyConfig,
+        forward: ForwardConfig,
         matching: MatchingConfig,
         store: Store,
         upstream: Upstream,
@@ -148,6 +159,7 @@ impl Proxy {
         };
         Self {
             shared: Arc::new(Shared {
+                interceptor: Interceptor::new(forward, &config),
                 config,
                 matching,
                 defaults: RwLock::new(defaults),
@@ -181,18 +193,33 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner()) = defaults;
     }
 
-    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// Handles one request; `target` is set for requests decrypted from an intercepted
+    /// CONNECT tunnel (forward-proxy mode), `None` otherwise.
+    pub async fn handle_target(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        target: Option<Target>,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let method = request.method().clone();
+        if method == http::Method::CONNECT && target.is_none() {
+            return self.connect(request, peer, started).await;
+        }
+        let target = target
+            .or_else(|| forward::absolute_form_target(&request, self.shared.interceptor.config()));
         let client_request_id = request
             .headers()
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let request_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         // Sanitized once: stored, matched and logged in this form.
-        let sanitized_uri = self.shared.redactor.uri(target);
-        let path = matching::path_of(&sanitized_uri).to_owned();
+        let sanitized_uri = self.shared.redactor.uri(request_target);
+        let path = match &target {
+            Some(target) => format!("{}{}", target.origin(), matching::path_of(&sanitized_uri)),
+            None => matching::path_of(&sanitized_uri).to_owned(),
+        };
         let defaults = self.defaults();
         let observers = self.shared.observers.get();
         let started_at = SystemTime::now();
@@ -200,7 +227,7 @@ impl Proxy {
         let mut trace = Trace::new(defaults.mode, &defaults.cassette, request.headers());
         let keep_bodies = observers.is_some_and(Observers::keeps_bodies);
         let (mut upstream_latency, mut interaction, mut response_body) = (None, None, None);
-        let exchange = self.exchange(request, &defaults, sanitized_uri, &mut trace);
+        let exchange = self.exchange(request, &defaults, sanitized_uri, target, &mut trace);
         let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
@@ -221,12 +248,7 @@ impl Proxy {
                 (self.finish(served, &cassette), outcome, status, None)
             }
             Err(error) => {
-                let outcome = match &error {
-                    ProxyError::Miss(_) => Outcome::Miss,
-                    ProxyError::Upstream(_) => Outcome::UpstreamError,
-                    ProxyError::Store(_) => Outcome::Error,
-                    _ => Outcome::Rejected,
-                };
+                let outcome = error_outcome(&error);
                 let status = error.status();
                 let response = self.error_response(&error, outcome, client_request_id.as_deref());
                 (response, outcome, status, Some(error.to_string()))
@@ -281,17 +303,92 @@ impl Proxy {
         }
     }
 
+    /// A CONNECT: intercepted (TLS terminated here) or tunnelled, as configured.
+    async fn connect(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<Full<Bytes>> {
+        let authority = request.uri().to_string();
+        // A tunnel is one audited exchange (graphvcr sees bytes, not requests, inside
+        // it); an intercepted CONNECT is not, the requests decrypted from it are.
+        let facts = self
+            .shared
+            .observers
+            .get()
+            .map(|_| Self::request_facts(&request, &authority));
+        let started_at = SystemTime::now();
+        let shared = &self.shared;
+        let (response, outcome) = match shared
+            .interceptor
+            .connect(&self, &shared.upstream, request, peer)
+            .await
+        {
+            Ok((response, target)) => {
+                let outcome = if target.intercepted {
+                    "intercepted"
+                } else {
+                    Outcome::Tunnel.as_str()
+                };
+                tracing::info!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %target.authority(), status = 200u16, outcome,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange"
+                );
+                if target.intercepted {
+                    return response;
+                }
+                (response, Outcome::Tunnel)
+            }
+            Err(error) => {
+                let outcome = error_outcome(&error);
+                tracing::warn!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %authority, status = error.status().as_u16(),
+                    outcome = outcome.as_str(), error = %error, "exchange"
+                );
+                (self.error_response(&error, outcome, None), outcome)
+            }
+        };
+        if let (Some(observers), Some(facts)) = (self.shared.observers.get(), &facts) {
+            let cassette = self.defaults().cassette;
+            observers.exchange(Exchange {
+                started: started_at,
+                latency: started.elapsed(),
+                peer,
+                request: facts,
+                trace: Trace::new(Mode::Passthrough, &cassette, &HeaderMap::new()),
+                outcome,
+                upstream_latency: None,
+                interaction: None,
+                response: &response,
+                response_body: None,
+            });
+        }
+        response
+    }
+
     async fn exchange(
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
         trace: &mut Trace,
     ) -> Result<(Served, String), ProxyError> {
         let prepared = self
-            .prepare(request, defaults, sanitized_uri, trace)
+            .prepare(request, defaults, sanitized_uri, target, trace)
             .await?;
         let cassette = prepared.cassette.clone();
+        if let Some(target) = prepared.target.as_ref().filter(|t| !t.intercepted) {
+            if self.shared.interceptor.config().unknown_hosts == UnknownHosts::Deny {
+                return Err(ProxyError::TunnelRefused(target.authority()));
+            }
+            let mut served = self.forward(prepared, false).await?;
+            served.outcome = Outcome::Tunnel;
+            return Ok((served, cassette));
+        }
         let served = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared)? {
                 Lookup::Hit(episode) => replayed(*episode),
@@ -316,6 +413,7 @@ impl Proxy {
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
         trace: &mut Trace,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
@@ -358,7 +456,7 @@ impl Proxy {
         let stored_request = RecordedRequest {
             method: parts.method.as_str().to_owned(),
             uri: sanitized_uri,
-            host: None,
+            host: target.as_ref().map(Target::authority),
             headers: sanitized.headers,
             body: sanitized.body,
         };
@@ -400,6 +498,7 @@ impl Proxy {
             key,
             fingerprint,
             policy,
+            target,
         })
     }
 
@@ -501,16 +600,31 @@ impl Proxy {
             mut headers,
             body,
             latency,
-        } = self
-            .shared
-            .upstream
-            .send(
-                prepared.method,
-                &prepared.uri,
-                prepared.forward_headers,
-                prepared.body,
-            )
-            .await?;
+        } = match &prepared.target {
+            None => {
+                self.shared
+                    .upstream
+                    .send(
+                        prepared.method,
+                        &prepared.uri,
+                        prepared.forward_headers,
+                        prepared.body,
+                    )
+                    .await?
+            }
+            Some(target) => {
+                self.shared
+                    .upstream
+                    .send_to(
+                        &target.origin(),
+                        prepared.method,
+                        &prepared.uri,
+                        prepared.forward_headers,
+                        prepared.body,
+                    )
+                    .await?
+            }
+        };
         strip_hop_by_hop(&mut headers);
         if !store {
             return Ok(Served {
@@ -695,7 +809,16 @@ fn replayed(episode: crate::store::Episode) -> Served {
 
 impl Handler for Proxy {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
-        Box::pin(self.clone().handle(request, peer))
+        Box::pin(self.clone().handle_target(request, peer, None))
+    }
+}
+
+fn error_outcome(error: &ProxyError) -> Outcome {
+    match error {
+        ProxyError::Miss(_) => Outcome::Miss,
+        ProxyError::Upstream(_) => Outcome::UpstreamError,
+        ProxyError::Store(_) | ProxyError::Ca(_) => Outcome::Error,
+        _ => Outcome::Rejected,
     }
 }
 

@@ -2,5 +2,6 @@
 
 mod audit;
 mod core;
+mod forward;
 mod rules;
 mod support;

@@ -490,3 +490,25 @@ impl Drop for TestUpstream {
         }
     }
 }
+
+/// Runs curl (a real, independent HTTP client with proxy, HTTP/2 and TLS support) and
+/// returns (exit code, body, stderr). Bounded by curl's own --max-time.
+pub fn curl(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", ""])
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .env_remove("CURL_CA_BUNDLE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl (is it installed?): {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
