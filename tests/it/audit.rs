@@ -533,3 +533,101 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
     let after = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
     assert_eq!(column(&after, "outcome"), ["recorded", "replayed"]);
 }
+
+#[tokio::test]
+async fn forward_proxy_requests_and_tunnels_are_audited() {
+    let scratch = Scratch::new();
+    // A stand-in for graph.microsoft.com (intercepted) and a plain localhost emulator
+    // (not intercepted: tunnelled), each with its own certificate file.
+    let graph = Proc::start(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert-out",
+            &scratch.arg("emulator.pem"),
+            "--tls-name",
+            "graph.microsoft.com",
+        ],
+        scratch.path(),
+    );
+    let other_scratch = Scratch::new();
+    let other = tls_emulator(&other_scratch);
+    let resolve = format!("graph.microsoft.com=127.0.0.1:{}", graph.addr.port());
+    let mut proxy = proxy(
+        &scratch,
+        "record",
+        "https://graph.microsoft.com",
+        &[
+            "--upstream-ca",
+            &scratch.arg("emulator.pem"),
+            "--resolve",
+            &resolve,
+        ],
+    );
+    let proxy_url = format!("http://{}", proxy.addr);
+    let ca = scratch
+        .join("store")
+        .join("ca")
+        .join("graphvcr-ca.pem")
+        .display()
+        .to_string();
+    let path = status_path("cfg-f", "dev-f");
+    let intercepted = format!("https://graph.microsoft.com{path}");
+    let (code, _, stderr) = curl(
+        &[
+            "--proxy",
+            &proxy_url,
+            "--cacert",
+            &ca,
+            &intercepted,
+            "-H",
+            "authorization: Bearer t",
+        ],
+        scratch.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let tunnelled = format!(
+        "https://localhost:{}/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses",
+        other.addr.port()
+    );
+    let (code, _, stderr) = curl(
+        &[
+            "--proxy",
+            &proxy_url,
+            "--cacert",
+            &other_scratch.arg("emulator.pem"),
+            &tunnelled,
+            "-H",
+            "authorization: Bearer t",
+        ],
+        scratch.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
+
+    let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
+    let summary: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+                r["status"],
+                r["host"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let tunnel_host = format!("localhost:{}", other.addr.port());
+    assert_eq!(
+        summary,
+        [
+            "GET recorded 404 graph.microsoft.com".to_owned(),
+            format!("CONNECT passthrough 200 {tunnel_host}"),
+        ],
+        "{records:?}"
+    );
+    assert_eq!(records[0]["uri"], path);
+    assert_eq!(records[1]["mode"], "passthrough");
+}
