@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::query::age;
-use super::{hex, unhex, AuditBody, AuditError, AuditRecord, ChainPoint, AUDIT_SCHEMA};
+use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, AUDIT_SCHEMA};
 use crate::config::AuditConfig;
 use crate::store::Store;
 
@@ -242,9 +242,9 @@ impl State {
         for event in events {
             seq += 1;
             let mut record = self.record(seq, event);
-            record.seal(&previous);
-            previous = unhex(&record.hash).unwrap_or(previous);
-            batch.push((seq, record.to_bytes()));
+            let (digest, bytes) = record.seal_to_bytes(&previous);
+            previous = digest;
+            batch.push((seq, bytes));
         }
         let head = ChainPoint {
             seq,
