@@ -631,3 +631,41 @@ async fn forward_proxy_requests_and_tunnels_are_audited() {
     assert_eq!(records[0]["uri"], path);
     assert_eq!(records[1]["mode"], "passthrough");
 }
+
+#[tokio::test]
+async fn kept_bodies_are_sanitized_like_recordings() {
+    let scratch = Scratch::new();
+    std::fs::write(scratch.join("bodies.toml"), "[audit]\nbodies = true\n").expect("write");
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let mut proxy = proxy(
+        &scratch,
+        "record",
+        &upstream.url(""),
+        &["--config", &scratch.arg("bodies.toml")],
+    );
+    let secret = "hunter2-not-for-the-audit";
+    let body = format!(r#"{{"status":"compliant","password":"{secret}"}}"#);
+    let answer = http
+        .patch(&proxy.url(&status_path("cfg-b", "dev-b")), &body)
+        .await;
+    assert_eq!(answer.header("x-graphvcr-outcome"), Some("recorded"));
+    assert!(proxy.interrupt().success());
+
+    let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
+    let kept = records[0]["request_body"]["text"].as_str().unwrap_or("");
+    assert!(
+        kept.contains("[REDACTED]") && !kept.contains(secret),
+        "{kept}"
+    );
+    assert!(records[0]["response_body"]["text"].is_string());
+    assert_eq!(records[0]["request_content_type"], "application/json");
+    let leaked = files_containing(&scratch.join("store"), secret);
+    assert!(leaked.is_empty(), "{secret} reached {leaked:?}");
+    let har: Value =
+        serde_json::from_str(&cli_ok(&scratch, &["audit", "--format", "har"])).expect("HAR");
+    assert_eq!(
+        har["log"]["entries"][0]["request"]["postData"]["text"],
+        kept
+    );
+}
