@@ -27,7 +27,7 @@ use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::{EpisodePolicy, Lookup, Store};
+use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// Request header: which cassette this request uses.
@@ -390,12 +390,12 @@ impl Proxy {
             return Ok((served, cassette));
         }
         let served = match prepared.mode {
-            Mode::Replay => match self.lookup(&prepared)? {
+            Mode::Replay => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
                 Lookup::Absent => return Err(self.miss(&prepared, None)),
             },
-            Mode::Auto => match self.lookup(&prepared)? {
+            Mode::Auto => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
                     return Err(self.miss(&prepared, Some(count)))
@@ -532,12 +532,30 @@ impl Proxy {
         }
     }
 
-    fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
+    /// Makes sure the cassette is indexed for its current rules. Building an index reads
+    /// the whole cassette, so it runs on the blocking pool, never on a runtime thread.
+    async fn ensure_index(&self, cassette: &str, fingerprint: u64) -> Result<(), ProxyError> {
+        if self.shared.store.index_ready(cassette, fingerprint) {
+            return Ok(());
+        }
+        let proxy = self.clone();
+        let cassette = cassette.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let rule_set = proxy.rule_set(&cassette);
+            proxy
+                .shared
+                .store
+                .ensure_index(&cassette, fingerprint, &|i| rule_set.key_of(i))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("indexing task failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
         let store = &self.shared.store;
-        let rule_set = self.rule_set(&prepared.cassette);
-        store.ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-            rule_set.key_of(i)
-        })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         Ok(store.next_episode(
             &prepared.cassette,
             prepared.fingerprint,
@@ -626,17 +644,18 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(&mut headers);
+        let forwarded = |status, headers, body, refused| Served {
+            status,
+            headers,
+            body,
+            outcome: Outcome::Forwarded,
+            interaction: None,
+            episode: None,
+            upstream_latency: Some(latency),
+            refused,
+        };
         if !store {
-            return Ok(Served {
-                status,
-                headers,
-                body,
-                outcome: Outcome::Forwarded,
-                interaction: None,
-                episode: None,
-                upstream_latency: Some(latency),
-                refused: None,
-            });
+            return Ok(forwarded(status, headers, body, None));
         }
         let sanitized = self.shared.redactor.message(&headers, &body);
         let request_side = redact::Sanitized {
@@ -659,24 +678,11 @@ impl Proxy {
                 "a value that looks like a secret survived sanitizing; add a sanitizer for it ([sanitize] in config.toml)"
             );
             if self.shared.redactor.leak_guard() == LeakGuard::Refuse {
-                return Ok(Served {
-                    status,
-                    headers,
-                    body,
-                    outcome: Outcome::Forwarded,
-                    interaction: None,
-                    episode: None,
-                    upstream_latency: Some(latency),
-                    refused: leak,
-                });
+                return Ok(forwarded(status, headers, body, leak));
             }
         }
-        let rule_set = self.rule_set(&prepared.cassette);
-        self.shared
-            .store
-            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-                rule_set.key_of(i)
-            })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,

@@ -52,7 +52,8 @@ pub struct Proc {
     /// The admin API's base URL, from the `admin listening on` line `serve` prints first.
     pub admin: Option<String>,
     command: String,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<(Mutex<Vec<String>>, std::sync::Condvar)>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -68,13 +69,13 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new((Mutex::new(Vec::new()), std::sync::Condvar::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
         let pipe = child.stderr.take().expect("stderr is piped");
         let lines = stderr.clone();
         let admin = Arc::new(Mutex::new(None::<String>));
         let admin_slot = admin.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("listening on ") {
@@ -84,7 +85,8 @@ impl Proc {
                     *admin_slot.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(url.trim().to_owned());
                 }
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                lines.1.notify_all();
             }
         });
         let url = match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -92,7 +94,11 @@ impl Proc {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+                let log = stderr
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .join("\n");
                 panic!(
                     "{command} did not say `listening on` within {START_TIMEOUT:?}; stderr:\n{log}"
                 );
@@ -108,6 +114,7 @@ impl Proc {
             admin: admin_url,
             command,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -129,15 +136,40 @@ impl Proc {
 
     pub fn stderr(&self) -> String {
         self.stderr
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .join("\n")
+    }
+
+    /// Waits (at most 10 s) until a stderr line contains `needle`; log lines are written
+    /// after the response, so a test must wait for them rather than read at once.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let (lines, changed) = &*self.stderr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if guard.iter().any(|line| line.contains(needle)) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGINT, then wait (bounded) for a clean exit.
@@ -156,6 +188,10 @@ impl Proc {
     fn wait_exit(&mut self) -> ExitStatus {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The pipe is closed now: collect the last log lines before returning.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
