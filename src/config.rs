@@ -38,7 +38,7 @@ pub mod defaults {
     pub const AUDIT_ENABLED: bool = true;
     pub const AUDIT_BODIES: bool = false;
     pub const AUDIT_MAX_BODY_BYTES: usize = 64 * 1024;
-    pub const AUDIT_MAX_RECORDS: u64 = 1_000_000;
+    pub const AUDIT_MAX_RECORDS: u64 = 100_000;
     pub const AUDIT_MAX_AGE: &str = "90days";
     pub const ADMIN_ENABLED: bool = true;
     /// The interception CA's directory, under the store.
