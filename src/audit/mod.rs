@@ -302,7 +302,24 @@ pub struct Verification {
 }
 
 /// Walks the whole trail and reports the first edited, inserted or removed record.
+///
+/// A running proxy may prune while this walks (retention); pruning moves the anchor,
+/// so a failure seen while the anchor changed is walked again rather than reported.
 pub fn verify(store: &Store) -> Result<Verification, AuditError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let anchor_before = store.audit().anchor()?;
+        let verification = verify_once(store)?;
+        let pruned_meanwhile = store.audit().anchor()? != anchor_before;
+        if verification.intact || !pruned_meanwhile || attempt == ATTEMPTS {
+            return Ok(verification);
+        }
+        attempt += 1;
+    }
+}
+
+fn verify_once(store: &Store) -> Result<Verification, AuditError> {
     let tree = store.audit();
     let anchor = match ChainPoint::read(tree.anchor()?, "anchor") {
         Ok(anchor) => anchor,
