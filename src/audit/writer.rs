@@ -229,6 +229,7 @@ impl State {
                 while let Ok(Message::Event(event)) = receiver.try_recv() {
                     self.append(vec![*event]);
                 }
+                self.retain(false);
                 let _ = ack.send(());
                 break;
             }

@@ -669,3 +669,30 @@ async fn kept_bodies_are_sanitized_like_recordings() {
         kept
     );
 }
+
+#[tokio::test]
+async fn retention_prunes_the_oldest_and_the_chain_still_verifies() {
+    let scratch = Scratch::new();
+    std::fs::write(scratch.join("small.toml"), "[audit]\nmax_records = 3\n").expect("write");
+    let http = Http::new();
+    let mut proxy = proxy(
+        &scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &["--config", &scratch.arg("small.toml")],
+    );
+    for i in 0..5 {
+        let answer = http
+            .get(&proxy.url(&status_path("cfg-r", &format!("dev-{i}"))))
+            .await;
+        assert_eq!(answer.status.as_u16(), 599);
+    }
+    assert!(proxy.interrupt().success());
+    let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
+    assert_eq!(column(&records, "seq"), ["3", "4", "5"]);
+    let verified = cli_ok(&scratch, &["audit", "verify"]);
+    assert!(
+        verified.contains("intact: 3 records (3 to 5)"),
+        "{verified}"
+    );
+}
