@@ -108,8 +108,8 @@ impl Observers {
         let status = e.response.status().as_u16();
         self.metrics.exchange(
             ExchangeLabels {
-                outcome: outcome.to_owned(),
-                mode: e.trace.mode.as_str().to_owned(),
+                outcome,
+                mode: e.trace.mode.as_str(),
                 cassette: e.trace.cassette.clone(),
                 status_class: status_class(status),
             },
