@@ -252,6 +252,10 @@ impl Admin {
             }
             (["cassettes", _, "interactions"], _) => Err(not_allowed("GET, POST")),
             (["cassettes", name, "select"], &Method::POST) => self.select(cassette_name(name)?),
+            (["cassettes", name, "prune"], &Method::POST) => {
+                self.prune(cassette_name(name)?, &query).await
+            }
+            (["cassettes", _, "prune"], _) => Err(not_allowed("POST")),
             (["cassettes", _, "select"], _) => Err(not_allowed("POST")),
             (["audit"], &Method::GET) => self.audit(&query).await,
             (["audit"], _) => Err(not_allowed("GET")),
@@ -354,6 +358,30 @@ impl Admin {
         })
         .await?;
         Ok(json_ok(json!({"cassette": name, "imported": count})))
+    }
+
+    /// `POST /cassettes/{name}/prune?older_than=30d`: removes interactions recorded
+    /// longer ago than the duration, as `graphvcr cassette prune` does.
+    async fn prune(&self, name: String, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+        let text = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("older_than="))
+            .map(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .ok_or_else(|| AdminError::BadRequest("older_than=DURATION is required".into()))?;
+        let age = humantime::parse_duration(&text).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "older_than {text:?} is not a duration like 30d: {e}"
+            ))
+        })?;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(age)
+            .ok_or_else(|| AdminError::BadRequest("older_than reaches before 1970".into()))?;
+        let removed = self.store.prune(&name, cutoff).await?;
+        Ok(json_ok(json!({"cassette": name, "removed": removed})))
     }
 
     async fn delete(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {

@@ -534,7 +534,8 @@ pub fn suggestions_toml(cassette: &str, suggestions: &Suggestions) -> String {
 }
 
 /// Runs a `cassette` subcommand through the admin API of the proxy that holds the
-/// store: list, show, export, import and delete. The others need the store itself.
+/// store: list, show, export, import, delete and prune. `verify` and `suggest` need the
+/// store itself.
 pub async fn run_remote(
     command: CassetteCommand,
     remote: &Remote,
@@ -623,9 +624,28 @@ pub async fn run_remote(
                 Err(error) => return Err(error.into()),
             }
         }
-        CassetteCommand::Prune { .. }
-        | CassetteCommand::Verify { .. }
-        | CassetteCommand::Suggest { .. } => {
+        CassetteCommand::Prune {
+            name, older_than, ..
+        } => {
+            validate_cassette_name("cassette", &name)?;
+            #[derive(serde::Deserialize)]
+            struct Pruned {
+                removed: u64,
+            }
+            let encoded = percent_encoding::utf8_percent_encode(
+                &older_than,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let path = format!("/cassettes/{name}/prune?older_than={encoded}");
+            let pruned: Pruned = remote
+                .send_json(http::Method::POST, &path, bytes::Bytes::new())
+                .await?;
+            eprintln!(
+                "pruned {} interactions older than {older_than} from cassette '{name}'",
+                pruned.removed
+            );
+        }
+        CassetteCommand::Verify { .. } | CassetteCommand::Suggest { .. } => {
             return Err(AppError::Other(format!(
                 "this cassette command needs the store itself, which the proxy with admin API {} holds; stop that proxy first",
                 remote.base()

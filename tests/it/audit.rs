@@ -525,6 +525,22 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
         "{}",
         replayed.text()
     );
+    let (status, _, stderr) = run(
+        &[
+            "cassette",
+            "prune",
+            "copy",
+            "--older-than",
+            "1d",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert!(
+        status.success() && stderr.contains("pruned 0 interactions"),
+        "{stderr}"
+    );
     cli_ok(&scratch, &["cassette", "delete", "copy"]);
     assert!(!cli_ok(&scratch, &["cassette", "list"]).contains("copy"));
 
