@@ -37,6 +37,8 @@ pub struct Trace {
 
     /// Sanitized; only set when the audit keeps bodies.
     pub request_body: Option<Bytes>,
+    /// Remarks for the audit record, e.g. schema lint findings (never blocking).
+    pub notes: Vec<String>,
 }
 
 impl Trace {
@@ -51,6 +53,7 @@ impl Trace {
                 .unwrap_or(0),
 
             request_body: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Observers {
                 .or_else(|| text(graph::CLIENT_REQUEST_ID)),
             request_content_type: e.request.content_type.clone(),
             request_body: e.trace.request_body,
+            notes: e.trace.notes,
             response_body: e.response_body.map(|body| {
                 let content_type = text(header::CONTENT_TYPE.as_str());
                 self.redactor.body(content_type.as_deref(), &body)

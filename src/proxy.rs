@@ -436,10 +436,10 @@ impl Proxy {
         let version = batch::detect(prepared.method.as_str(), matching::path_of(&prepared.uri));
         let (mut served, recorded_latency) = match version {
             Some(version) if prepared.mode != Mode::Passthrough => {
-                self.exchange_batch(prepared, version, &context, lint)
+                self.exchange_batch(prepared, version, &context, lint, &mut trace.notes)
                     .await?
             }
-            _ => self.dispatch(prepared, lint).await?,
+            _ => self.dispatch(prepared, lint, &mut trace.notes).await?,
         };
         self.graph_finish(&mut served, &context, recorded_latency, chaos_headers)
             .await;
@@ -452,6 +452,7 @@ impl Proxy {
         &self,
         prepared: Prepared,
         lint: bool,
+        notes: &mut Vec<String>,
     ) -> Result<(Served, Option<Duration>), ProxyError> {
         let latency_of = |episode: &crate::store::Episode| {
             Duration::try_from_secs_f64(episode.interaction.upstream_latency_ms / 1000.0).ok()
@@ -482,7 +483,7 @@ impl Proxy {
             Mode::Passthrough => (None, self.forward(prepared, false).await?),
         };
         if let (Some((method, path, body)), Outcome::Recorded) = (linted, served.outcome) {
-            lint_exchange(&method, &path, &body, &served);
+            notes.extend(lint_exchange(&method, &path, &body, &served));
         }
         Ok((served, latency))
     }

@@ -90,6 +90,11 @@ pub struct AuditRecord {
     pub request_body: Option<AuditBody>,
     /// Sanitized response body, only with `audit.bodies = true`.
     pub response_body: Option<AuditBody>,
+    /// Remarks on the exchange, e.g. schema lint findings (`lint: PATCH /v1.0/…: request
+    /// body /status: must be one of …`). Left out when empty, so records without notes
+    /// keep the form (and hash) they always had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Hex SHA-256 over the previous record's hash and this record's canonical bytes.
     pub hash: String,
 }
@@ -524,6 +529,7 @@ pub(crate) mod tests {
             response_content_type: None,
             request_body: None,
             response_body: None,
+            notes: Vec::new(),
             hash: String::new(),
         }
     }

@@ -53,6 +53,8 @@ pub struct AuditEvent {
     pub response_content_type: Option<String>,
     pub request_body: Option<Bytes>,
     pub response_body: Option<Bytes>,
+    /// Remarks such as schema lint findings.
+    pub notes: Vec<String>,
 }
 
 enum Message {
@@ -295,6 +297,7 @@ impl State {
             response_content_type: e.response_content_type,
             request_body: body(e.request_body),
             response_body: body(e.response_body),
+            notes: e.notes,
             hash: String::new(),
         }
     }
@@ -386,6 +389,7 @@ mod tests {
             response_content_type: None,
             request_body: Some(Bytes::from_static(b"{}")),
             response_body: None,
+            notes: Vec::new(),
         }
     }
 

@@ -140,6 +140,7 @@ impl Proxy {
         version: graph::ApiVersion,
         context: &GraphContext,
         lint: bool,
+        notes: &mut Vec<String>,
     ) -> Result<(Served, Option<Duration>), ProxyError> {
         // A compressed batch body is split in its decoded form (and forwarded as sent).
         let encoding = prepared
@@ -151,7 +152,7 @@ impl Proxy {
             Ok(parts) => parts,
             Err(error) => {
                 tracing::debug!(%error, "batch not split; handled as one request");
-                return self.dispatch(prepared, lint).await;
+                return self.dispatch(prepared, lint, notes).await;
             }
         };
         let subs: Vec<Prepared> = parts
@@ -202,7 +203,7 @@ impl Proxy {
                 .keep(sub, status, headers, answer.body, latency, true)
                 .await?;
             if let Some((method, path, body)) = linted {
-                lint_exchange(&method, &path, &body, &kept);
+                notes.extend(lint_exchange(&method, &path, &body, &kept));
             }
         }
         Ok((served, None))
@@ -399,8 +400,14 @@ fn rewrite_links(rewrite: &graph::links::Rewrite<'_>, headers: &mut HeaderMap, b
     }
 }
 
-/// Logs schema problems of a recorded deviceStatuses exchange (record and auto).
-pub(super) fn lint_exchange(method: &str, path: &str, request_body: &[u8], served: &Served) {
+/// Logs schema problems of a recorded deviceStatuses exchange (record and auto) and
+/// returns them as audit notes (`lint: METHOD PATH: finding`).
+pub(super) fn lint_exchange(
+    method: &str,
+    path: &str,
+    request_body: &[u8],
+    served: &Served,
+) -> Vec<String> {
     let encoding = served
         .headers
         .get(header::CONTENT_ENCODING)
@@ -423,6 +430,10 @@ pub(super) fn lint_exchange(method: &str, path: &str, request_body: &[u8], serve
             "recorded deviceStatuses exchange does not fit the Graph schema"
         );
     }
+    findings
+        .iter()
+        .map(|finding| format!("lint: {method} {path}: {finding}"))
+        .collect()
 }
 
 fn injected_served(injected: graph::chaos::Injected) -> Served {

@@ -433,6 +433,26 @@ async fn compressed_links_and_location_are_rewritten_kept_as_recorded_and_linted
         assert!(recorder.interrupt().success());
     }
     drop(upstream);
+    // The lint's findings are noted in the audit record too, and the chain still verifies.
+    let store = scratch.arg("store");
+    let (status, audit, stderr) = run(
+        &["audit", "--format", "jsonl", "--store", &store],
+        scratch.path(),
+    );
+    assert!(status.success(), "{stderr}");
+    let noted = audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|record| {
+            record["notes"].as_array().is_some_and(|notes| {
+                notes
+                    .iter()
+                    .any(|n| n.as_str().is_some_and(|n| n.contains("/value/0/bogus")))
+            })
+        });
+    assert!(noted, "{audit}");
+    let (status, _, stderr) = run(&["audit", "verify", "--store", &store], scratch.path());
+    assert!(status.success(), "{stderr}");
     let (status, export, stderr) = run(
         &[
             "cassette",
