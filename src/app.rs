@@ -170,7 +170,8 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         store.clone(),
         upstream,
         redactor.clone(),
-    );
+    )
+    .with_graph(config.graph.clone(), &config.chaos);
     let metrics = Metrics::new();
     let (audit_log, audit_writer) = if config.audit.enabled {
         let (log, writer) = AuditLog::start(store.clone(), &config.audit)?;
@@ -239,6 +240,11 @@ pub async fn start_emulator(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Running, AppError> {
     let listener = bind(addr).await?;
+    // Its next links name the scheme it really serves.
+    let options = EmulatorOptions {
+        https: tls.is_some(),
+        ..options
+    };
     spawn(
         listener,
         tls,

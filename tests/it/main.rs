@@ -3,5 +3,6 @@
 mod audit;
 mod core;
 mod forward;
+mod graph;
 mod rules;
 mod support;
