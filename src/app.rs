@@ -128,7 +128,12 @@ impl ProxyServer {
             audit.close().await;
         }
         drop(self.proxy);
-        self.store.close_and_release()?;
+        // Everything is flushed either way; only releasing the lock inside this process can
+        // wait on a connection task (an intercepted tunnel) that still holds the proxy.
+        self.store.close()?;
+        if let Err(error) = self.store.close_and_release() {
+            tracing::warn!(%error, "the store stays locked until the process exits");
+        }
         Ok(())
     }
 }

@@ -317,7 +317,8 @@ pub struct AuditFilterArgs {
     /// Path glob: `*` within a segment, `**` across segments, `?` one character.
     #[arg(long)]
     pub path: Option<String>,
-    /// recorded, replayed, miss, passthrough, upstream_error, rejected, error or injected.
+    /// recorded, replayed, miss, passthrough, upstream_error, rejected, error, injected
+    /// or tunnel.
     #[arg(long)]
     pub outcome: Option<String>,
     #[arg(long)]

@@ -498,10 +498,10 @@ impl Config {
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
-            graph: graph.resolve(),
-            chaos: chaos.resolve()?,
             audit: resolve_audit(audit)?,
             admin: resolve_admin(admin)?,
+            graph: graph.resolve(),
+            chaos: chaos.resolve()?,
             forward: ForwardConfig {
                 intercept_hosts: forward.intercept_hosts.unwrap_or_else(|| {
                     crate::graph::GRAPH_HOSTS
@@ -707,12 +707,12 @@ mod tests {
         );
         check("[proxy]\nmax_body_bytes = 0\n", "proxy.max_body_bytes");
         check("[proxy]\nmax_body_bytes = \"big\"\n", "max_body_bytes");
-        check("[graph]\nregenerate = true\n", "regenerate");
-        check("[chaos]\nrate = 2.0\n", "chaos.rate");
-        check("[match]\nodata = \"yes\"\n", "odata");
         check("[audit]\nmax_age = \"forever\"\n", "audit.max_age");
         check("[audit]\nkeep = true\n", "keep");
         check("[admin]\nlisten = \"nowhere\"\n", "admin.listen");
         check("[admin]\ntoken = \"short\"\n", "admin.token");
+        check("[graph]\nregenerate = true\n", "regenerate");
+        check("[chaos]\nrate = 2.0\n", "chaos.rate");
+        check("[match]\nodata = \"yes\"\n", "odata");
     }
 }

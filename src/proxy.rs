@@ -117,10 +117,10 @@ struct Shared {
     store: Store,
     upstream: Upstream,
     redactor: Redactor,
-    graph: GraphConfig,
-    chaos: Option<Chaos>,
     /// Audit and metrics, attached once after start-up (see `observe`).
     observers: std::sync::OnceLock<Observers>,
+    graph: GraphConfig,
+    chaos: Option<Chaos>,
 }
 
 /// A successful answer, before provenance headers are added.
@@ -186,11 +186,17 @@ impl Proxy {
                 store,
                 upstream,
                 redactor,
+                observers: std::sync::OnceLock::new(),
                 graph: GraphConfig::default(),
                 chaos: None,
-                observers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports every exchange from now on to `observers` (audit and metrics). Set once;
+    /// later calls are ignored.
+    pub fn observe(&self, observers: Observers) {
+        let _ = self.shared.observers.set(observers);
     }
 
     /// Sets the Graph behaviour (`[graph]`) and the chaos layer (`[chaos]`). Call it on a
@@ -204,12 +210,6 @@ impl Proxy {
             None => tracing::error!("graph settings ignored: the proxy is already shared"),
         }
         self
-    }
-
-    /// Reports every exchange from now on to `observers` (audit and metrics). Set once;
-    /// later calls are ignored.
-    pub fn observe(&self, observers: Observers) {
-        let _ = self.shared.observers.set(observers);
     }
 
     pub fn defaults(&self) -> Defaults {

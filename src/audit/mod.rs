@@ -35,9 +35,10 @@ pub const AUDIT_SCHEMA: u32 = 1;
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// The outcomes an audit record can carry. `error` is graphvcr's own failure (the
-/// store could not write); `injected` is an answer of the chaos layer (`[chaos]`); the
-/// others are the list.
-pub const OUTCOMES: [&str; 8] = [
+/// store could not write); `injected` is an answer of the chaos layer (`[chaos]`);
+/// `tunnel` a forward-proxy tunnel to a host that is not intercepted; the others are
+/// the list.
+pub const OUTCOMES: [&str; 9] = [
     "recorded",
     "replayed",
     "miss",
@@ -46,6 +47,7 @@ pub const OUTCOMES: [&str; 8] = [
     "rejected",
     "error",
     "injected",
+    "tunnel",
 ];
 
 /// One exchange as the audit keeps it.

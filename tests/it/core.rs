@@ -83,7 +83,7 @@ async fn query_order_does_not_matter() {
             .get(&recorder.url(&format!("{collection}?$top=5&$select=id,status")))
             .await;
         assert_eq!(answer.status, 200, "{}", answer.text());
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
@@ -116,7 +116,7 @@ async fn identical_requests_replay_as_episodes_in_recorded_order() {
             200
         );
         assert_eq!(http.get(&recorder.url(&path)).await.status, 200);
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
@@ -180,7 +180,11 @@ async fn passthrough_forwards_and_stores_nothing() {
         let answer = http.patch(&passthrough.url(&path), SEED_BODY).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.header("x-graphvcr-outcome"), Some("forwarded"));
-        assert!(passthrough.interrupt().success());
+        assert!(
+            passthrough.interrupt().success(),
+            "{}",
+            passthrough.stderr()
+        );
     }
     upstream.kill();
     let (status, stdout, stderr) = run(
@@ -219,7 +223,7 @@ async fn a_miss_is_loud_and_names_what_differs() {
             http.patch(&recorder.url(&path), SEED_BODY).await.status,
             200
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(
@@ -282,7 +286,7 @@ async fn credentials_never_reach_the_store_or_the_log() {
         )
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(recorder.interrupt().success());
+    assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     upstream.kill();
     let store = scratch.join("store");
     assert!(file_count(&store) > 0, "the store has files to scan");
@@ -372,7 +376,7 @@ async fn upstream_failures_are_graph_shaped_and_the_proxy_keeps_serving() {
             .contains(&closed.to_string()));
         assert_eq!(answer.header("x-graphvcr-outcome"), Some("upstream_error"));
     }
-    assert!(proxy_down.interrupt().success());
+    assert!(proxy_down.interrupt().success(), "{}", proxy_down.stderr());
 
     // TLS: an HTTPS upstream whose certificate the proxy was not told to trust.
     let tls_scratch = Scratch::new();
@@ -459,7 +463,7 @@ async fn cassette_header_selects_the_cassette_per_request() {
             )
             .await;
         assert_eq!(answer.header("x-graphvcr-cassette"), Some("one"));
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);

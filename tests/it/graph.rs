@@ -325,7 +325,7 @@ async fn replayed_answers_echo_client_request_id_and_refresh_date() {
             )
             .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
         reply
     };
     upstream.kill();
@@ -430,7 +430,7 @@ async fn compressed_links_and_location_are_rewritten_kept_as_recorded_and_linted
             "the lint names the unknown property: {}",
             recorder.stderr()
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     drop(upstream);
     // The lint's findings are noted in the audit record too, and the chain still verifies.
