@@ -316,6 +316,15 @@ mod tests {
             ..FilterSpec::default()
         };
         assert!(bad.parse(now).is_err());
+        // Every outcome the proxy writes can be filtered on.
+        for outcome in ["tunnel", "injected"] {
+            let spec = FilterSpec {
+                outcome: Some(outcome.into()),
+                ..FilterSpec::default()
+            };
+            let filter = spec.parse(now).expect(outcome);
+            assert!(filter.matches(&record(30, 429, outcome)), "{outcome}");
+        }
     }
 
     #[test]
