@@ -113,11 +113,6 @@ impl Proc {
         self.child.id()
     }
 
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     pub fn stderr(&self) -> String {
         self.stderr
             .lock()
