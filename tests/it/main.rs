@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real processes on 127.0.0.1 ephemeral ports.
 
 mod core;
+mod forward;
 mod reliability;
 mod rules;
 mod support;

@@ -169,8 +169,11 @@ async fn malformed_oversized_and_odd_requests_get_specific_answers() {
     assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
 }
 
+/// CONNECT misuse: a CONNECT to an intercepted host followed by plain text instead of a
+/// TLS handshake, a CONNECT to a dead port, a CONNECT without an authority, and one to a
+/// host `forward.unknown_hosts = "deny"` refuses.
 #[tokio::test]
-async fn connect_to_the_reverse_proxy_gets_a_clear_answer() {
+async fn connect_misuse_gets_clear_answers() {
     let scratch = Scratch::new();
     let config = write_config(&scratch, "limits.toml", LIMITS);
     let proxy = proxy(
@@ -179,25 +182,70 @@ async fn connect_to_the_reverse_proxy_gets_a_clear_answer() {
         "http://127.0.0.1:9",
         &["--config", &config],
     );
-    let answer = raw_exchange(
+    let http = Http::new();
+
+    let intercepted = raw_exchange(
         proxy.addr,
-        &[b"CONNECT graph.microsoft.com:443 HTTP/1.1\r\nhost: graph.microsoft.com:443\r\n\r\n"],
+        &[
+            b"CONNECT graph.microsoft.com:443 HTTP/1.1\r\nhost: graph.microsoft.com:443\r\n\r\n",
+            b"GET /v1.0/me HTTP/1.1\r\nhost: graph.microsoft.com\r\n\r\n",
+        ],
         SHORT,
         WAIT,
     )
     .await;
-    let status = answer.status.unwrap_or(0);
+    assert_eq!(intercepted.status, Some(200), "{}", intercepted.text);
     assert!(
-        (400..600).contains(&status) && answer.text.contains("\"error\""),
-        "CONNECT got:\n{}",
-        answer.text
+        intercepted.closed,
+        "plain text in an intercepted tunnel must end it: {intercepted:?}"
     );
+    assert_still_serving(&http, &proxy, "plain text inside an intercepted CONNECT").await;
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let request = format!("CONNECT {dead} HTTP/1.1\r\nhost: {dead}\r\n\r\n");
+    let tunnel = raw_exchange(proxy.addr, &[request.as_bytes()], SHORT, WAIT).await;
+    assert_eq!(tunnel.status, Some(502), "{}", tunnel.text);
     assert!(
-        answer.text.contains("x-graphvcr-outcome"),
+        tunnel.text.contains("UpstreamUnreachable"),
         "{}",
-        answer.text
+        tunnel.text
     );
-    assert_still_serving(&Http::new(), &proxy, "CONNECT").await;
+    assert_still_serving(&http, &proxy, "a CONNECT to a dead port").await;
+
+    let no_authority = raw_exchange(
+        proxy.addr,
+        &[b"CONNECT /v1.0/me HTTP/1.1\r\nhost: t\r\n\r\n"],
+        SHORT,
+        WAIT,
+    )
+    .await;
+    assert_eq!(no_authority.status, Some(400), "{}", no_authority.text);
+    assert_still_serving(&http, &proxy, "a CONNECT without an authority").await;
+
+    let deny_scratch = Scratch::new();
+    let deny = write_config(
+        &deny_scratch,
+        "deny.toml",
+        "[forward]\nunknown_hosts = \"deny\"\n",
+    );
+    let denying = crate::support::proxy(
+        &deny_scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &["--config", &deny],
+    );
+    let refused = raw_exchange(
+        denying.addr,
+        &[b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n"],
+        SHORT,
+        WAIT,
+    )
+    .await;
+    assert_eq!(refused.status, Some(403), "{}", refused.text);
+    assert!(refused.text.contains("TunnelRefused"), "{}", refused.text);
+    assert_still_serving(&http, &denying, "a refused CONNECT").await;
 }
 
 #[tokio::test]

@@ -315,11 +315,18 @@ async fn read_request_tls(stream: &mut tokio_rustls::server::TlsStream<TcpStream
     true
 }
 
+/// (case, names on the certificate, validity in years, what the message must say)
+type CertCase = (
+    &'static str,
+    &'static [&'static str],
+    (i32, i32),
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_upstream_certificates_are_502_tls_failures() {
     let year = 2026;
-    // (case, names on the certificate, validity years, words the message must contain)
-    let cases: [(&str, &[&str], (i32, i32), &str); 3] = [
+    let cases: [CertCase; 3] = [
         (
             "expired",
             &["127.0.0.1", "localhost"],
