@@ -704,6 +704,38 @@ mod tests {
         ]);
     }
 
+    /// Regression (found by the `matching` fuzz target): without correctly rounded float
+    /// parsing, `1.50e41` and `1.5e41` parsed to neighbouring f64s, so two spellings of
+    /// one number did not match, and canonical JSON was not a fixed point.
+    #[test]
+    fn float_spellings_parse_to_the_same_value() {
+        check(&[
+            (
+                ("PUT", "/x", JSON, r#"{"b":1.50e41}"#),
+                ("PUT", "/x", JSON, r#"{"b":1.5e41}"#),
+                true,
+            ),
+            (
+                (
+                    "PUT",
+                    "/x",
+                    JSON,
+                    r#"{"b":150000000000000000000000000000000000000000.0}"#,
+                ),
+                ("PUT", "/x", JSON, r#"{"b":1.5E+41}"#),
+                true,
+            ),
+        ]);
+        let crash = b"{\"a\":[3,1,{\"b\":1.50e41,\"a\":null}],\"c\":\"\\u00e9\",\"n\":-373615}";
+        let value: Value = serde_json::from_slice(crash).expect("parses");
+        let mut canonical = String::new();
+        canonical_json(&value, &mut canonical);
+        let again: Value = serde_json::from_str(&canonical).expect("canonical parses");
+        let mut twice = String::new();
+        canonical_json(&again, &mut twice);
+        assert_eq!(canonical, twice);
+    }
+
     #[test]
     fn lossy_json_is_compared_as_bytes() {
         check(&[
