@@ -35,7 +35,6 @@ async fn malformed_oversized_and_odd_requests_get_specific_answers() {
     let upstream = echo_upstream().await;
     let config = write_config(&scratch, "limits.toml", LIMITS);
     let proxy = proxy(&scratch, "replay", &upstream.url(), &["--config", &config]);
-    let http = Http::new();
     let big_header = format!(
         "GET /v1.0/me HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
         "a".repeat(20_000)
@@ -164,7 +163,7 @@ async fn malformed_oversized_and_odd_requests_get_specific_answers() {
             );
         }
         assert!(answer.closed, "{}: connection left open", case.name);
-        assert_still_serving(&http, &proxy, case.name).await;
+        assert_still_serving(&proxy, case.name).await;
     }
     assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
 }
@@ -182,7 +181,6 @@ async fn connect_misuse_gets_clear_answers() {
         "http://127.0.0.1:9",
         &["--config", &config],
     );
-    let http = Http::new();
 
     let intercepted = raw_exchange(
         proxy.addr,
@@ -199,7 +197,7 @@ async fn connect_misuse_gets_clear_answers() {
         intercepted.closed,
         "plain text in an intercepted tunnel must end it: {intercepted:?}"
     );
-    assert_still_serving(&http, &proxy, "plain text inside an intercepted CONNECT").await;
+    assert_still_serving(&proxy, "plain text inside an intercepted CONNECT").await;
 
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -212,7 +210,7 @@ async fn connect_misuse_gets_clear_answers() {
         "{}",
         tunnel.text
     );
-    assert_still_serving(&http, &proxy, "a CONNECT to a dead port").await;
+    assert_still_serving(&proxy, "a CONNECT to a dead port").await;
 
     let no_authority = raw_exchange(
         proxy.addr,
@@ -222,7 +220,7 @@ async fn connect_misuse_gets_clear_answers() {
     )
     .await;
     assert_eq!(no_authority.status, Some(400), "{}", no_authority.text);
-    assert_still_serving(&http, &proxy, "a CONNECT without an authority").await;
+    assert_still_serving(&proxy, "a CONNECT without an authority").await;
 
     let deny_scratch = Scratch::new();
     let deny = write_config(
@@ -245,7 +243,7 @@ async fn connect_misuse_gets_clear_answers() {
     .await;
     assert_eq!(refused.status, Some(403), "{}", refused.text);
     assert!(refused.text.contains("TunnelRefused"), "{}", refused.text);
-    assert_still_serving(&http, &denying, "a refused CONNECT").await;
+    assert_still_serving(&denying, "a refused CONNECT").await;
 }
 
 #[tokio::test]
@@ -258,7 +256,6 @@ async fn slow_headers_are_cut_off_and_slow_bodies_get_408() {
         "http://127.0.0.1:9",
         &["--config", &config],
     );
-    let http = Http::new();
 
     // Half a request head, then silence: hyper closes the connection once
     // proxy.header_read_timeout (1 s) has passed, without an answer.
@@ -275,7 +272,7 @@ async fn slow_headers_are_cut_off_and_slow_bodies_get_408() {
         "cut off after {:?}, expected about 1 s",
         answer.elapsed
     );
-    assert_still_serving(&http, &proxy, "a slow request head").await;
+    assert_still_serving(&proxy, "a slow request head").await;
 
     // A head trickled in one byte at a time is still cut off at the timeout.
     let head: Vec<&[u8]> = b"GET /v1.0/me HTTP/1.1\r\nhost: t\r\nx-slow: 1234567890\r\n"
@@ -283,7 +280,7 @@ async fn slow_headers_are_cut_off_and_slow_bodies_get_408() {
         .collect();
     let trickle = raw_exchange(proxy.addr, &head, Duration::from_millis(100), WAIT).await;
     assert!(trickle.closed && trickle.status.is_none(), "{trickle:?}");
-    assert_still_serving(&http, &proxy, "a trickled request head").await;
+    assert_still_serving(&proxy, "a trickled request head").await;
 
     // A whole head with 10 of 100 body bytes: 408 once proxy.body_read_timeout (500 ms) passes.
     let answer = raw_exchange(
@@ -300,7 +297,7 @@ async fn slow_headers_are_cut_off_and_slow_bodies_get_408() {
         "408 after {:?}",
         answer.elapsed
     );
-    assert_still_serving(&http, &proxy, "a slow body").await;
+    assert_still_serving(&proxy, "a slow body").await;
 }
 
 /// Sends `body` as JSON in record mode then in replay mode (cassette `json`) and checks
@@ -338,14 +335,16 @@ async fn record_and_replay(http: &Http, proxy: &Proc, name: &str, path: &str, bo
         replayed.text()
     );
     assert_eq!(replayed.body, recorded.body, "{name}");
-    assert_still_serving(http, proxy, name).await;
+    assert_still_serving(proxy, name).await;
 }
 
 #[tokio::test]
 async fn hostile_json_bodies_record_and_replay_without_crashing() {
     let scratch = Scratch::new();
     let upstream = echo_upstream().await;
-    let config = write_config(&scratch, "limits.toml", LIMITS);
+    // Only the body limit: these requests share pooled connections, which the 1 s
+    // header timeout of LIMITS would close between cases.
+    let config = write_config(&scratch, "body.toml", "[proxy]\nmax_body_bytes = 65536\n");
     let proxy = proxy(&scratch, "replay", &upstream.url(), &["--config", &config]);
     let http = Http::new();
     let deep_array = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -426,4 +425,43 @@ async fn hostile_json_bodies_record_and_replay_without_crashing() {
         "out-of-range numbers compare as bytes"
     );
     assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+}
+
+/// The admin API refuses wrong methods, unknown resources and bad bodies with specific
+/// answers in Graph's error shape, and keeps serving.
+#[tokio::test]
+async fn admin_api_wrong_methods_and_bad_bodies_get_specific_answers() {
+    let scratch = Scratch::new();
+    let proxy = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    let http = Http::new();
+    let deep = "[".repeat(10_000);
+    let cases: [(&str, &str, &str, u16, &str); 8] = [
+        ("DELETE", "/health", "", 405, "MethodNotAllowed"),
+        ("TRACE", "/mode", "", 405, "MethodNotAllowed"),
+        ("POST", "/cassettes", "{}", 405, "MethodNotAllowed"),
+        ("GET", "/nothing/here", "", 404, "ResourceNotFound"),
+        ("PUT", "/mode", "{not json", 400, "BadRequest"),
+        ("PUT", "/mode", r#"{"mode":"rewind"}"#, 400, "BadRequest"),
+        ("PUT", "/mode", &deep, 400, "BadRequest"),
+        ("DELETE", "/cassettes/..%2F..%2Fetc", "", 400, "BadRequest"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let answer = http.send(method, &proxy.admin_url(path), &[], body).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            status,
+            "{method} {path}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.json()["error"]["code"], code, "{method} {path}");
+        if status == 405 {
+            assert!(
+                answer.header("allow").is_some(),
+                "{method} {path}: no Allow"
+            );
+        }
+        let health = Http::new().get(&proxy.admin_url("/health")).await;
+        assert_eq!(health.status, 200, "after {method} {path}");
+    }
+    assert_still_serving(&proxy, "admin API misuse").await;
 }

@@ -207,7 +207,7 @@ async fn broken_upstream_answers_are_502_or_504_and_never_recorded() {
             .await;
         assert_eq!(next.status, 200, "after {fault}: {}", next.text());
         assert_eq!(next.header("x-graphvcr-outcome"), Some("recorded"));
-        assert_still_serving(&http, &proxy, fault).await;
+        assert_still_serving(&proxy, fault).await;
     }
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     let list = cassette_list(&scratch);
@@ -370,7 +370,7 @@ async fn bad_upstream_certificates_are_502_tls_failures() {
             message.to_lowercase().contains(words),
             "{case}: the message does not say {words:?}: {message}"
         );
-        assert_still_serving(&http, &proxy, case).await;
+        assert_still_serving(&proxy, case).await;
         drop(proxy);
         assert!(
             cassette_list(&scratch).is_empty(),

@@ -44,9 +44,11 @@ pub async fn echo_upstream() -> TestUpstream {
 }
 
 /// A plain request through `proxy` still gets its normal answer: a replay miss (599)
-/// for a request nobody recorded.
-pub async fn assert_still_serving(http: &Http, proxy: &Proc, after: &str) {
-    let answer = http
+/// for a request nobody recorded. It uses a new connection: the proxies here close idle
+/// connections after their 1 s `header_read_timeout`, and a pooled connection could race
+/// that close.
+pub async fn assert_still_serving(proxy: &Proc, after: &str) {
+    let answer = Http::new()
         .send(
             "GET",
             &proxy.url("/v1.0/still-serving"),
