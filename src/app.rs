@@ -128,7 +128,12 @@ impl ProxyServer {
             audit.close().await;
         }
         drop(self.proxy);
-        self.store.close_and_release()?;
+        // Everything is flushed either way; only releasing the lock inside this process can
+        // wait on a connection task (an intercepted tunnel) that still holds the proxy.
+        self.store.close()?;
+        if let Err(error) = self.store.close_and_release() {
+            tracing::warn!(%error, "the store stays locked until the process exits");
+        }
         Ok(())
     }
 }
@@ -170,7 +175,8 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         store.clone(),
         upstream,
         redactor.clone(),
-    );
+    )
+    .with_graph(config.graph.clone(), &config.chaos);
     let metrics = Metrics::new();
     let (audit_log, audit_writer) = if config.audit.enabled {
         let (log, writer) = AuditLog::start(store.clone(), &config.audit)?;
@@ -239,6 +245,11 @@ pub async fn start_emulator(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Running, AppError> {
     let listener = bind(addr).await?;
+    // Its next links name the scheme it really serves.
+    let options = EmulatorOptions {
+        https: tls.is_some(),
+        ..options
+    };
     spawn(
         listener,
         tls,

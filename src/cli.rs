@@ -133,6 +133,15 @@ pub struct EmulateArgs {
     /// Accept requests without a bearer token.
     #[arg(long)]
     pub no_auth: bool,
+    /// Start every configuration id with N deterministic device statuses (for paging).
+    #[arg(long, default_value_t = 0)]
+    pub seed_devices: usize,
+    /// Answer the 1st, (N+1)th, (2N+1)th … request with 429 and Retry-After (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub throttle_every: u64,
+    /// Retry-After seconds of throttled answers.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ServeArgs, StoreArgs};
 
+mod graph;
 mod rules;
 
+pub use graph::{ChaosConfig, ChaosRoute, FileChaos, FileGraph, GraphConfig};
 pub use rules::{FileRules, FileSanitize, LeakGuard, MatchingConfig, Replacement, SanitizeConfig};
 
 /// The built-in defaults, named so the docs, `config.toml` and the code agree.
@@ -94,6 +96,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub matching: MatchingConfig,
     pub sanitize: SanitizeConfig,
+    pub graph: GraphConfig,
+    pub chaos: ChaosConfig,
     pub forward: ForwardConfig,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
@@ -222,6 +226,10 @@ pub struct FileConfig {
     pub matching: FileRules,
     #[serde(default)]
     pub sanitize: FileSanitize,
+    #[serde(default)]
+    pub graph: FileGraph,
+    #[serde(default)]
+    pub chaos: FileChaos,
     #[serde(default)]
     pub forward: FileForward,
     #[serde(default)]
@@ -356,6 +364,8 @@ impl Config {
             store,
             matching,
             sanitize,
+            graph,
+            chaos,
             forward,
             audit,
             admin,
@@ -490,6 +500,8 @@ impl Config {
             sanitize: sanitize.resolve()?,
             audit: resolve_audit(audit)?,
             admin: resolve_admin(admin)?,
+            graph: graph.resolve(),
+            chaos: chaos.resolve()?,
             forward: ForwardConfig {
                 intercept_hosts: forward.intercept_hosts.unwrap_or_else(|| {
                     crate::graph::GRAPH_HOSTS
@@ -699,5 +711,8 @@ mod tests {
         check("[audit]\nkeep = true\n", "keep");
         check("[admin]\nlisten = \"nowhere\"\n", "admin.listen");
         check("[admin]\ntoken = \"short\"\n", "admin.token");
+        check("[graph]\nregenerate = true\n", "regenerate");
+        check("[chaos]\nrate = 2.0\n", "chaos.rate");
+        check("[match]\nodata = \"yes\"\n", "odata");
     }
 }

@@ -5,8 +5,12 @@
 //! cassette recorded against it looks like one recorded against the real service: the
 //! error envelope, `request-id` / `client-request-id`, `@odata.context`, the 401 challenge.
 
-use std::collections::BTreeMap;
+mod batch;
+mod collection;
+
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -42,14 +46,25 @@ pub struct EmulatorOptions {
     /// Requests without an `Authorization: Bearer <token>` get 401, as from Graph.
     /// `Default` leaves it off; [`EmulatorOptions::new`] is what the CLI uses.
     pub require_auth: bool,
+    /// Each configuration id starts with this many device statuses (`dev-0000`, …),
+    /// generated deterministically, so collections and paging have data without setup.
+    pub seed_devices: usize,
+    /// When non-zero, the 1st, (N+1)th, (2N+1)th … request is answered 429 with
+    /// `Retry-After`, as a throttled Graph does, so retry logic can be recorded.
+    pub throttle_every: u64,
+    /// `Retry-After` seconds of throttled answers.
+    pub retry_after: u64,
+    /// The emulator serves HTTPS: its `@odata.nextLink`s use `https://`.
+    pub https: bool,
 }
 
 impl EmulatorOptions {
     /// Graph-like defaults: a bearer token is required, PATCH answers 200 with the entity.
     pub fn new() -> Self {
         Self {
-            patch_no_content: false,
             require_auth: true,
+            retry_after: 1,
+            ..Self::default()
         }
     }
 }
@@ -62,6 +77,10 @@ type Entities = BTreeMap<(String, String), Map<String, Value>>;
 struct Inner {
     options: EmulatorOptions,
     entities: Mutex<Entities>,
+    /// Configuration ids whose seed devices were created (once, on first use).
+    seeded: Mutex<HashSet<String>>,
+    /// Requests received, for the throttling switch.
+    requests: AtomicU64,
 }
 
 impl Inner {
@@ -69,6 +88,37 @@ impl Inner {
     /// usable, and one bad request must not take the emulator down.
     fn entities(&self) -> MutexGuard<'_, Entities> {
         self.entities.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the seed devices of `configuration_id` the first time it is used.
+    fn ensure_seeded(&self, configuration_id: &str) {
+        if self.options.seed_devices == 0 {
+            return;
+        }
+        let first_use = self
+            .seeded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(configuration_id.to_owned());
+        if first_use {
+            let mut entities = self.entities();
+            for index in 0..self.options.seed_devices {
+                let entity = collection::seed_device(index);
+                let id = entity
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                entities.insert((configuration_id.to_owned(), id), entity);
+            }
+        }
+    }
+
+    /// Whether this request is one the throttling switch answers with 429.
+    fn throttled(&self) -> bool {
+        let every = self.options.throttle_every;
+        let seen = self.requests.fetch_add(1, Ordering::Relaxed);
+        every > 0 && seen % every == 0
     }
 }
 
@@ -83,6 +133,8 @@ impl Emulator {
             inner: Arc::new(Inner {
                 options,
                 entities: Mutex::new(BTreeMap::new()),
+                seeded: Mutex::new(HashSet::new()),
+                requests: AtomicU64::new(0),
             }),
         }
     }
@@ -126,10 +178,56 @@ async fn handle(inner: &Inner, request: Request<Incoming>, client_id: Option<&st
         }
     }
 
-    let path = request.uri().path().to_owned();
-    let route = match resolve(&path) {
+    if inner.throttled() {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests. Retry after the time given in Retry-After.",
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(inner.options.retry_after),
+        );
+        return response;
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(response) => return response(client_id),
+    };
+    let origin = origin(inner, &parts.headers);
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if let Some(version) = graph::batch::detect(parts.method.as_str(), parts.uri.path()) {
+        return batch::run(inner, version, &body, &origin, client_id).await;
+    }
+    dispatch(inner, &parts.method, target, &body, &origin, client_id)
+}
+
+/// `scheme://host` the client reached the emulator at, for `@odata.nextLink`.
+fn origin(inner: &Inner, headers: &HeaderMap) -> String {
+    let scheme = if inner.options.https { "https" } else { "http" };
+    match header_text(headers, header::HOST.as_str()) {
+        Some(host) => format!("{scheme}://{host}"),
+        None => ODATA_CONTEXT_BASE.to_owned(),
+    }
+}
+
+/// Serves one request (a top-level one, or a `$batch` sub-request) once its body is read.
+fn dispatch(
+    inner: &Inner,
+    method: &Method,
+    target: &str,
+    body: &[u8],
+    origin: &str,
+    client_id: Option<&str>,
+) -> Answer {
+    let error =
+        |status, code: &str, message: &str| graph::error_response(status, code, message, client_id);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let route = match resolve(path) {
         Ok(route) => route,
-        Err(unmatched) => return unmatched.response(&path, client_id),
+        Err(unmatched) => return unmatched.response(path, client_id),
     };
     let (configuration_id, status_id) = match decode_ids(&route) {
         Some(ids) => ids,
@@ -141,10 +239,20 @@ async fn handle(inner: &Inner, request: Request<Incoming>, client_id: Option<&st
             )
         }
     };
-    let method = request.method().clone();
+    inner.ensure_seeded(&configuration_id);
 
-    match (status_id, method) {
-        (None, Method::GET) => list(inner, route.version, &configuration_id),
+    match (status_id, method.clone()) {
+        (None, Method::GET) => collection::list(
+            inner,
+            route.version,
+            &configuration_id,
+            &collection::Page {
+                path,
+                query,
+                origin,
+            },
+            client_id,
+        ),
         (Some(status_id), Method::GET) => {
             let key = (configuration_id, status_id);
             let entity = inner.entities().get(&key).cloned();
@@ -161,20 +269,14 @@ async fn handle(inner: &Inner, request: Request<Incoming>, client_id: Option<&st
                 None => not_found(&key.1, client_id),
             }
         }
-        (Some(status_id), Method::PATCH) => {
-            let body = match read_body(request.into_body()).await {
-                Ok(body) => body,
-                Err(response) => return response(client_id),
-            };
-            patch(
-                inner,
-                route.version,
-                configuration_id,
-                status_id,
-                &body,
-                client_id,
-            )
-        }
+        (Some(status_id), Method::PATCH) => patch(
+            inner,
+            route.version,
+            configuration_id,
+            status_id,
+            body,
+            client_id,
+        ),
         _ => error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -347,22 +449,6 @@ fn patch(
         return empty(StatusCode::NO_CONTENT);
     }
     entity_response(version, &configuration_id, entity)
-}
-
-fn list(inner: &Inner, version: ApiVersion, configuration_id: &str) -> Answer {
-    let value: Vec<Value> = inner
-        .entities()
-        .iter()
-        .filter(|((configuration, _), _)| configuration == configuration_id)
-        .map(|(_, entity)| Value::Object(entity.clone()))
-        .collect();
-    let mut body = Map::new();
-    body.insert(
-        "@odata.context".to_owned(),
-        Value::String(collection_context(version, configuration_id)),
-    );
-    body.insert("value".to_owned(), Value::Array(value));
-    graph::json_response(StatusCode::OK, &Value::Object(body))
 }
 
 /// The entity with `@odata.context` first, as Graph orders it; the context depends on
@@ -876,6 +962,7 @@ mod tests {
         let options = EmulatorOptions {
             patch_no_content: true,
             require_auth: false,
+            ..EmulatorOptions::default()
         };
         with_emulator(options, |emu| async move {
             let path = item("v1.0", "cfg-n", "dev-n");
@@ -887,6 +974,57 @@ mod tests {
             let stored = emu.send("GET", &path, &[], "").await;
             assert_eq!(stored.status, StatusCode::OK);
             assert_eq!(stored.json()["status"], "compliant");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn paging_batch_and_throttling() {
+        let options = EmulatorOptions {
+            seed_devices: 5,
+            throttle_every: 4,
+            retry_after: 9,
+            ..EmulatorOptions::new()
+        };
+        with_emulator(options, |emu| async move {
+            // Request 1 of every 4 is throttled.
+            let collection = "/beta/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses";
+            let throttled = emu.get(collection).await;
+            assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(throttled.header("retry-after"), Some("9"));
+            assert_eq!(throttled.error_code(), "TooManyRequests");
+            let first = emu.get(&format!("{collection}?$top=2&$select=id")).await;
+            assert_eq!(first.status, StatusCode::OK);
+            let body = first.json();
+            assert_eq!(body["value"], json!([
+                {"@odata.type": DEVICE_STATUS_ODATA_TYPE, "id": "dev-0000"},
+                {"@odata.type": DEVICE_STATUS_ODATA_TYPE, "id": "dev-0001"}
+            ]));
+            let next = body["@odata.nextLink"].as_str().unwrap_or_default().to_owned();
+            let (_, target) = next.split_once(&emu.addr.to_string()).expect("link to the emulator");
+            assert!(target.starts_with(&format!("{collection}?$top=2&$select=id&$skiptoken=")));
+            let second = emu.get(target).await.json();
+            assert_eq!(second["value"][0]["id"], "dev-0002");
+            let skipped = emu.get(&format!("{collection}?$skip=4")).await.json();
+            assert_eq!(skipped["value"].as_array().map(Vec::len), Some(1));
+            assert!(skipped.get("@odata.nextLink").is_none());
+            // Throttled again (request 5), then a batch whose second part depends on a failure.
+            assert_eq!(emu.get(collection).await.status, StatusCode::TOO_MANY_REQUESTS);
+            let batch = json!({"requests": [
+                {"id": "a", "method": "GET", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/missing"},
+                {"id": "b", "method": "GET", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/dev-0001", "dependsOn": ["a"]},
+                {"id": "c", "method": "PATCH", "url": "/deviceManagement/deviceConfigurations/cfg-p/deviceStatuses/dev-0001",
+                 "headers": {"content-type": "application/json"}, "body": {"status": "compliant"}}
+            ]});
+            let reply = emu
+                .send("POST", "/beta/$batch", &[TOKEN], &batch.to_string())
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            let responses = reply.json()["responses"].clone();
+            assert_eq!(responses[0]["status"], 404);
+            assert_eq!(responses[1]["status"], 424);
+            assert_eq!(responses[2]["status"], 200);
+            assert_eq!(responses[2]["body"]["status"], "compliant");
         })
         .await;
     }

@@ -10,7 +10,8 @@
 //! - [`upstream`]: the pooled client to the real Graph (or a stand-in).
 //! - [`store`]: the only module that touches sled; group-commit durability.
 //! - [`record`]: the stored interaction format, versioned, and its export form.
-//! - [`graph`]: Graph knowledge: error envelope, request ids, the deviceStatuses schema.
+//! - [`graph`]: Graph knowledge: error envelope, request ids, the deviceStatuses schema,
+//!   `$batch` split/assemble, link rewriting, OData query matching, the chaos layer, lint.
 //! - [`emulate`]: the built-in Graph emulator.
 //! - [`tls`]: rustls set-up and certificate minting.
 //! - [`forward`]: forward-proxy mode: CONNECT interception and tunnels.

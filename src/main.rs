@@ -63,6 +63,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = EmulatorOptions {
                 patch_no_content: args.patch_no_content,
                 require_auth: !args.no_auth,
+                seed_devices: args.seed_devices,
+                throttle_every: args.throttle_every,
+                retry_after: args.retry_after,
+                https: args.tls_cert_out.is_some(),
             };
             let tls = match (args.tls_cert_out, args.tls_cert, args.tls_key) {
                 (Some(cert_out), _, _) => app::EmulatorTls::SelfSigned {

@@ -83,14 +83,16 @@ pub struct RequestFacts {
     pub client_request_id: Option<String>,
 }
 
-/// The audit's name for a proxy outcome: `Forwarded` is what passthrough does, and so is
-/// a forward-proxy tunnel to a host that is not intercepted (relayed, never stored); the
-/// store's failure (`Error`) is kept as `error`.
+/// The audit's name for a proxy outcome: `Forwarded` is what passthrough does; a
+/// forward-proxy tunnel to a host that is not intercepted is `tunnel`; a chaos-injected
+/// answer is `injected`; the store's failure (`Error`) is kept as `error`.
 pub fn audit_outcome(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Recorded => "recorded",
         Outcome::Replayed => "replayed",
-        Outcome::Forwarded | Outcome::Tunnel => "passthrough",
+        Outcome::Forwarded => "passthrough",
+        Outcome::Tunnel => "tunnel",
+        Outcome::Injected => "injected",
         Outcome::Miss => "miss",
         Outcome::UpstreamError => "upstream_error",
         Outcome::Rejected => "rejected",

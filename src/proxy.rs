@@ -16,12 +16,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{
-    validate_cassette_name, ForwardConfig, LeakGuard, MatchingConfig, Mode, ProxyConfig,
-    UnknownHosts,
+    validate_cassette_name, ChaosConfig, ForwardConfig, GraphConfig, LeakGuard, MatchingConfig,
+    Mode, ProxyConfig, UnknownHosts,
 };
 use crate::error::{MissReport, Nearest, ProxyError};
 use crate::forward::{self, Interceptor, Target};
-use crate::graph;
+use crate::graph::{self, batch, chaos::Chaos};
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
@@ -29,6 +29,10 @@ use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
 use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamResponse};
+
+/// The Graph hooks: `$batch`, chaos, and answer post-processing.
+mod graph_hooks;
+use graph_hooks::{lint_exchange, GraphContext};
 
 /// Request header: which cassette this request uses.
 pub const CASSETTE_HEADER: &str = "x-graphvcr-cassette";
@@ -72,6 +76,8 @@ pub enum Outcome {
     Rejected,
     /// The store failed.
     Error,
+    /// The chaos layer answered instead of the cassette or the upstream.
+    Injected,
 }
 
 impl Outcome {
@@ -85,6 +91,7 @@ impl Outcome {
             Self::Tunnel => "tunnel",
             Self::Rejected => "rejected",
             Self::Error => "error",
+            Self::Injected => "injected",
         }
     }
 }
@@ -112,6 +119,8 @@ struct Shared {
     redactor: Redactor,
     /// Audit and metrics, attached once after start-up (see `observe`).
     observers: std::sync::OnceLock<Observers>,
+    graph: GraphConfig,
+    chaos: Option<Chaos>,
 }
 
 /// A successful answer, before provenance headers are added.
@@ -125,6 +134,17 @@ struct Served {
     upstream_latency: Option<Duration>,
     /// Why the leak guard kept this exchange out of the cassette.
     refused: Option<String>,
+}
+
+/// A request's parts before sanitizing and keying.
+struct Message {
+    mode: Mode,
+    cassette: String,
+    method: http::Method,
+    uri: String,
+    sanitized_uri: String,
+    forward_headers: HeaderMap,
+    body: Bytes,
 }
 
 /// What a request resolved to before the mode runs.
@@ -167,6 +187,8 @@ impl Proxy {
                 upstream,
                 redactor,
                 observers: std::sync::OnceLock::new(),
+                graph: GraphConfig::default(),
+                chaos: None,
             }),
         }
     }
@@ -175,6 +197,19 @@ impl Proxy {
     /// later calls are ignored.
     pub fn observe(&self, observers: Observers) {
         let _ = self.shared.observers.set(observers);
+    }
+
+    /// Sets the Graph behaviour (`[graph]`) and the chaos layer (`[chaos]`). Call it on a
+    /// fresh proxy, before it is cloned into a server: settings never change afterwards.
+    pub fn with_graph(mut self, graph: GraphConfig, chaos: &ChaosConfig) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.graph = graph;
+                shared.chaos = Chaos::new(chaos);
+            }
+            None => tracing::error!("graph settings ignored: the proxy is already shared"),
+        }
+        self
     }
 
     pub fn defaults(&self) -> Defaults {
@@ -377,6 +412,7 @@ impl Proxy {
         target: Option<Target>,
         trace: &mut Trace,
     ) -> Result<(Served, String), ProxyError> {
+        let mut context = GraphContext::of(&request);
         let prepared = self
             .prepare(request, defaults, sanitized_uri, target, trace)
             .await?;
@@ -389,23 +425,66 @@ impl Proxy {
             served.outcome = Outcome::Tunnel;
             return Ok((served, cassette));
         }
-        let served = match prepared.mode {
+        // Links are the proxy's to rewrite only when the client addressed the proxy itself.
+        context.reverse = prepared.target.is_none();
+        // Graph hook: the chaos layer answers before anything is looked up or forwarded.
+        let chaos_headers = match self.chaos(&prepared, &context).await {
+            Ok(headers) => headers,
+            Err(injected) => return Ok((*injected, cassette)),
+        };
+        let lint = self.shared.graph.lint && matches!(prepared.mode, Mode::Record | Mode::Auto);
+        let version = batch::detect(prepared.method.as_str(), matching::path_of(&prepared.uri));
+        let (mut served, recorded_latency) = match version {
+            Some(version) if prepared.mode != Mode::Passthrough => {
+                self.exchange_batch(prepared, version, &context, lint)
+                    .await?
+            }
+            _ => self.dispatch(prepared, lint).await?,
+        };
+        self.graph_finish(&mut served, &context, recorded_latency, chaos_headers)
+            .await;
+        Ok((served, cassette))
+    }
+
+    /// Runs the request's mode. Also returns a replayed answer's recorded upstream
+    /// latency (for the chaos layer's latency factor).
+    async fn dispatch(
+        &self,
+        prepared: Prepared,
+        lint: bool,
+    ) -> Result<(Served, Option<Duration>), ProxyError> {
+        let latency_of = |episode: &crate::store::Episode| {
+            Duration::try_from_secs_f64(episode.interaction.upstream_latency_ms / 1000.0).ok()
+        };
+        let linted = lint.then(|| {
+            (
+                prepared.stored_request.method.clone(),
+                matching::path_of(&prepared.stored_request.uri).to_owned(),
+                prepared.stored_request.body.clone(),
+            )
+        });
+        let (latency, served) = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared).await? {
-                Lookup::Hit(episode) => replayed(*episode),
+                Lookup::Hit(episode) => (latency_of(&episode), replayed(*episode)),
                 Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
                 Lookup::Absent => return Err(self.miss(&prepared, None)),
             },
             Mode::Auto => match self.lookup(&prepared).await? {
-                Lookup::Hit(episode) => replayed(*episode),
+                Lookup::Hit(episode) => (latency_of(&episode), replayed(*episode)),
                 Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
                     return Err(self.miss(&prepared, Some(count)))
                 }
-                Lookup::Exhausted { .. } | Lookup::Absent => self.forward(prepared, true).await?,
+                Lookup::Exhausted { .. } | Lookup::Absent => {
+                    (None, self.forward(prepared, true).await?)
+                }
             },
-            Mode::Record => self.forward(prepared, true).await?,
-            Mode::Passthrough => self.forward(prepared, false).await?,
+            Mode::Record => (None, self.forward(prepared, true).await?),
+            Mode::Passthrough => (None, self.forward(prepared, false).await?),
         };
-        Ok((served, cassette))
+        if let (Some((method, path, body)), Outcome::Recorded) = (linted, served.outcome) {
+            lint_exchange(&method, &path, &body, &served);
+        }
+        Ok((served, latency))
     }
 
     async fn prepare(
@@ -451,24 +530,50 @@ impl Proxy {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let redactor = &self.shared.redactor;
-        let sanitized = redactor.message(&forward_headers, &body);
-        let stored_request = RecordedRequest {
-            method: parts.method.as_str().to_owned(),
-            uri: sanitized_uri,
-            host: target.as_ref().map(Target::authority),
-            headers: sanitized.headers,
-            body: sanitized.body,
-        };
+        let prepared = self.prepare_message(
+            Message {
+                mode,
+                cassette,
+                method: parts.method,
+                uri,
+                sanitized_uri,
+                forward_headers,
+                body,
+            },
+            target,
+        );
         if self
             .shared
             .observers
             .get()
             .is_some_and(Observers::keeps_bodies)
         {
-            trace.request_body = Some(stored_request.body.clone());
+            trace.request_body = Some(prepared.stored_request.body.clone());
         }
+        Ok(prepared)
+    }
 
+    /// Sanitizes a request and computes its match key under the cassette's rules. Also
+    /// used for each sub-request of a `$batch`.
+    fn prepare_message(&self, message: Message, target: Option<Target>) -> Prepared {
+        let Message {
+            mode,
+            cassette,
+            method,
+            uri,
+            sanitized_uri,
+            forward_headers,
+            body,
+        } = message;
+        let redactor = &self.shared.redactor;
+        let sanitized = redactor.message(&forward_headers, &body);
+        let stored_request = RecordedRequest {
+            method: method.as_str().to_owned(),
+            uri: sanitized_uri,
+            host: target.as_ref().map(Target::authority),
+            headers: sanitized.headers,
+            body: sanitized.body,
+        };
         let rule_set = self.shared.matching.for_cassette(&cassette);
         let rules = rule_set.rules_for(
             &stored_request.method,
@@ -486,10 +591,10 @@ impl Proxy {
             recorded_after,
         };
         let fingerprint = rule_set.fingerprint();
-        Ok(Prepared {
+        Prepared {
             mode,
             cassette,
-            method: parts.method,
+            method,
             uri,
             forward_headers,
             body,
@@ -499,7 +604,7 @@ impl Proxy {
             fingerprint,
             policy,
             target,
-        })
+        }
     }
 
     fn rule_set(&self, cassette: &str) -> &RuleSet {
@@ -623,10 +728,10 @@ impl Proxy {
                 self.shared
                     .upstream
                     .send(
-                        prepared.method,
+                        prepared.method.clone(),
                         &prepared.uri,
-                        prepared.forward_headers,
-                        prepared.body,
+                        prepared.forward_headers.clone(),
+                        prepared.body.clone(),
                     )
                     .await?
             }
@@ -635,15 +740,30 @@ impl Proxy {
                     .upstream
                     .send_to(
                         &target.origin(),
-                        prepared.method,
+                        prepared.method.clone(),
                         &prepared.uri,
-                        prepared.forward_headers,
-                        prepared.body,
+                        prepared.forward_headers.clone(),
+                        prepared.body.clone(),
                     )
                     .await?
             }
         };
         strip_hop_by_hop(&mut headers);
+        self.keep(prepared, status, headers, body, latency, store)
+            .await
+    }
+
+    /// Stores a forwarded exchange (unless `store` is false or the leak guard refuses)
+    /// and returns the answer to give. Also used for each sub-response of a `$batch`.
+    async fn keep(
+        &self,
+        prepared: Prepared,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        latency: Duration,
+        store: bool,
+    ) -> Result<Served, ProxyError> {
         let forwarded = |status, headers, body, refused| Served {
             status,
             headers,

@@ -470,6 +470,25 @@ impl Store {
         })))
     }
 
+    /// Whether `key` has any recording in `cassette`, without serving an episode (so a
+    /// caller can decide between replaying and forwarding before touching any cursor).
+    /// Call [`Store::ensure_index`] for the same fingerprint first.
+    pub fn is_recorded(
+        &self,
+        cassette: &str,
+        fingerprint: u64,
+        key: &MatchKey,
+    ) -> Result<bool, StoreError> {
+        let prefix = episode_prefix(cassette, fingerprint, key);
+        Ok(self
+            .inner
+            .index
+            .scan_prefix(&prefix)
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
     /// Forgets how far sequential replay has got, for every cassette.
     pub fn reset_cursors(&self) {
         self.inner

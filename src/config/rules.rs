@@ -24,6 +24,8 @@ pub struct FileRules {
     pub path_case_insensitive: Option<bool>,
     pub ignore_pointers: Option<Vec<String>>,
     pub ignore_array_order: Option<bool>,
+    /// OData-aware query comparison (see `MatchRules::odata`).
+    pub odata: Option<bool>,
     pub order: Option<String>,
     pub exhausted: Option<String>,
     /// Routes only: the path template or glob.
@@ -103,6 +105,9 @@ impl FileRules {
         }
         if let Some(v) = self.ignore_array_order {
             rules.ignore_array_order = v;
+        }
+        if let Some(v) = self.odata {
+            rules.odata = v;
         }
         if let Some(v) = &self.order {
             rules.order = match v.as_str() {

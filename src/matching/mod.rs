@@ -12,7 +12,9 @@
 //!   the path, `+` read as a space;
 //! - body: JSON (by `Content-Type`, or when the bytes look and parse like JSON) as a
 //!   canonical value: keys sorted, no whitespace, numbers by value (`1.0` = `1` = `1e0`);
-//!   anything else byte for byte; an empty body equals no body.
+//!   anything else byte for byte; an empty body equals no body;
+//! - with the `odata` rule (on by default), OData system query options as Graph reads
+//!   them: see [`crate::graph::odata`].
 
 use std::fmt::Write as _;
 
@@ -121,8 +123,18 @@ pub fn normalize(request: &RequestView<'_>, rules: &MatchRules) -> Normalized {
     } else {
         Vec::new()
     };
+    if rules.odata {
+        crate::graph::odata::normalize_query(&mut query);
+    }
     if !rules.ignore_query.is_empty() {
-        query.retain(|(name, _)| !rules.ignore_query.iter().any(|ignored| ignored == name));
+        // With `odata` on, `$` option names are lower-cased, so compare those the same way.
+        let ignored = |name: &str| {
+            rules.ignore_query.iter().any(|ignored| {
+                ignored == name
+                    || (rules.odata && name.starts_with('$') && ignored.eq_ignore_ascii_case(name))
+            })
+        };
+        query.retain(|(name, _)| !ignored(name));
     }
     let mut headers: Vec<(String, String)> = request
         .headers
@@ -696,6 +708,28 @@ mod tests {
                 true,
             ),
             (("GET", "/x?a", None, ""), ("GET", "/x?a=", None, ""), true),
+            // OData options (the `odata` rule, on by default): names and list order free,
+            // continuation tokens opaque and exact.
+            (
+                ("GET", "/v1.0/x?$select=id,status&$top=5", None, ""),
+                ("GET", "/v1.0/x?$TOP=5&$Select=status%2Cid", None, ""),
+                true,
+            ),
+            (
+                ("GET", "/v1.0/x?$skipToken=AbC", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=AbC", None, ""),
+                true,
+            ),
+            (
+                ("GET", "/v1.0/x?$skiptoken=AbC", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=abc", None, ""),
+                false,
+            ),
+            (
+                ("GET", "/v1.0/x?$skiptoken=a%2Bb", None, ""),
+                ("GET", "/v1.0/x?$skiptoken=a+b", None, ""),
+                false,
+            ),
             (
                 ("GET", "/x?%zz", None, ""),
                 ("GET", "/x?%ZZ", None, ""),
@@ -796,6 +830,22 @@ mod tests {
         ]);
         assert!(json_reads_exactly(br#"{"a":"x\"y","b":[1,2,{"a":3}]}"#));
         assert!(!json_reads_exactly(br#"{"a":"x\"y","a":1}"#));
+    }
+
+    #[test]
+    fn odata_rule_can_be_switched_off() {
+        let exact = MatchRules {
+            odata: false,
+            ..MatchRules::default()
+        };
+        let key =
+            |uri: &str, rules: &MatchRules| normalize(&view("GET", uri, None, b""), rules).key();
+        let (a, b) = ("/v1.0/x?$select=a,b", "/v1.0/x?$SELECT=b,a");
+        assert_eq!(
+            key(a, &MatchRules::default()),
+            key(b, &MatchRules::default())
+        );
+        assert_ne!(key(a, &exact), key(b, &exact));
     }
 
     #[test]

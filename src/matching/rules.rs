@@ -56,6 +56,11 @@ pub struct MatchRules {
     pub ignore_pointers: Vec<String>,
     /// Arrays compared as multisets.
     pub ignore_array_order: bool,
+    /// OData system query options compared as Graph reads them: names case-insensitively,
+    /// `$select`/`$expand`/`$orderby` lists in any order, `$filter`/`$search` whitespace
+    /// collapsed ([`crate::graph::odata`]). On by default: SDKs spell the same query
+    /// differently.
+    pub odata: bool,
     #[serde(skip)]
     pub order: ReplayOrder,
     #[serde(skip)]
@@ -74,6 +79,7 @@ impl Default for MatchRules {
             path_case_insensitive: false,
             ignore_pointers: Vec::new(),
             ignore_array_order: false,
+            odata: true,
             order: ReplayOrder::Sequential,
             exhausted: Exhausted::RepeatLast,
         }

@@ -289,7 +289,7 @@ async fn audit_verify_names_an_edited_or_removed_record() {
             .await;
         assert_eq!(answer.status.as_u16(), 599);
     }
-    assert!(proxy.interrupt().success());
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     assert!(cli_ok(&scratch, &["audit", "verify"]).contains("intact: 4 records"));
 
     let key = graphvcr::store::audit_key;
@@ -544,7 +544,7 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
     cli_ok(&scratch, &["cassette", "delete", "copy"]);
     assert!(!cli_ok(&scratch, &["cassette", "list"]).contains("copy"));
 
-    assert!(proxy.interrupt().success());
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     // Stopped: the same commands open the store themselves.
     let after = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
     assert_eq!(column(&after, "outcome"), ["recorded", "replayed"]);
@@ -640,7 +640,7 @@ async fn forward_proxy_requests_and_tunnels_are_audited() {
         summary,
         [
             "GET recorded 404 graph.microsoft.com".to_owned(),
-            format!("CONNECT passthrough 200 {tunnel_host}"),
+            format!("CONNECT tunnel 200 {tunnel_host}"),
         ],
         "{records:?}"
     );
@@ -666,7 +666,7 @@ async fn kept_bodies_are_sanitized_like_recordings() {
         .patch(&proxy.url(&status_path("cfg-b", "dev-b")), &body)
         .await;
     assert_eq!(answer.header("x-graphvcr-outcome"), Some("recorded"));
-    assert!(proxy.interrupt().success());
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
 
     let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
     let kept = records[0]["request_body"]["text"].as_str().unwrap_or("");
@@ -703,7 +703,7 @@ async fn retention_prunes_the_oldest_and_the_chain_still_verifies() {
             .await;
         assert_eq!(answer.status.as_u16(), 599);
     }
-    assert!(proxy.interrupt().success());
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
     assert_eq!(column(&records, "seq"), ["3", "4", "5"]);
     let verified = cli_ok(&scratch, &["audit", "verify"]);

@@ -27,7 +27,14 @@ async fn record_then_replay(scratch: &Scratch, mut emulator: Proc, upstream_flag
     );
     emulator.kill();
 
-    let replayer = proxy(scratch, "replay", &upstream, upstream_flags);
+    // Replay gives answers the current Date by default ([graph] regenerate_date); this
+    // checks byte-identical replay, so the replayer keeps the recorded one.
+    let keep_date = scratch.join("keep-date.toml");
+    std::fs::write(&keep_date, "[graph]\nregenerate_date = false\n").expect("write config");
+    let keep_date = keep_date.display().to_string();
+    let mut replay_flags = upstream_flags.to_vec();
+    replay_flags.extend_from_slice(&["--config", &keep_date]);
+    let replayer = proxy(scratch, "replay", &upstream, &replay_flags);
     let replayed = http.patch(&replayer.url(&path), SEED_BODY_REORDERED).await;
     assert_eq!(
         replayed.header("x-graphvcr-outcome"),
@@ -76,7 +83,7 @@ async fn query_order_does_not_matter() {
             .get(&recorder.url(&format!("{collection}?$top=5&$select=id,status")))
             .await;
         assert_eq!(answer.status, 200, "{}", answer.text());
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
@@ -109,7 +116,7 @@ async fn identical_requests_replay_as_episodes_in_recorded_order() {
             200
         );
         assert_eq!(http.get(&recorder.url(&path)).await.status, 200);
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
@@ -173,7 +180,11 @@ async fn passthrough_forwards_and_stores_nothing() {
         let answer = http.patch(&passthrough.url(&path), SEED_BODY).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.header("x-graphvcr-outcome"), Some("forwarded"));
-        assert!(passthrough.interrupt().success());
+        assert!(
+            passthrough.interrupt().success(),
+            "{}",
+            passthrough.stderr()
+        );
     }
     upstream.kill();
     let (status, stdout, stderr) = run(
@@ -212,7 +223,7 @@ async fn a_miss_is_loud_and_names_what_differs() {
             http.patch(&recorder.url(&path), SEED_BODY).await.status,
             200
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(
@@ -275,7 +286,7 @@ async fn credentials_never_reach_the_store_or_the_log() {
         )
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(recorder.interrupt().success());
+    assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     upstream.kill();
     let store = scratch.join("store");
     assert!(file_count(&store) > 0, "the store has files to scan");
@@ -365,7 +376,7 @@ async fn upstream_failures_are_graph_shaped_and_the_proxy_keeps_serving() {
             .contains(&closed.to_string()));
         assert_eq!(answer.header("x-graphvcr-outcome"), Some("upstream_error"));
     }
-    assert!(proxy_down.interrupt().success());
+    assert!(proxy_down.interrupt().success(), "{}", proxy_down.stderr());
 
     // TLS: an HTTPS upstream whose certificate the proxy was not told to trust.
     let tls_scratch = Scratch::new();
@@ -452,7 +463,7 @@ async fn cassette_header_selects_the_cassette_per_request() {
             )
             .await;
         assert_eq!(answer.header("x-graphvcr-cassette"), Some("one"));
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);

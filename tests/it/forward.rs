@@ -88,7 +88,7 @@ async fn an_unmodified_client_records_and_replays_through_https_proxy() {
             h2.starts_with("HTTP/2 200"),
             "ALPN h2 inside the intercepted TLS: {h2}"
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
         (h1, h2)
     };
     emulator.kill();
@@ -154,7 +154,7 @@ async fn other_hosts_are_tunnelled_untouched_and_never_stored() {
         body.contains("\"value\""),
         "the emulator answered through the tunnel: {body}"
     );
-    assert!(proxy.interrupt().success());
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     assert!(
         proxy.stderr().contains("outcome=\"tunnel\""),
         "{}",
@@ -281,7 +281,7 @@ async fn the_listener_speaks_h2c_and_tls_with_alpn() {
             out.starts_with("HTTP/2 200") && out.contains("x-graphvcr-outcome: recorded"),
             "{out}"
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     emulator.kill();
     // A TLS listener with a certificate of its own, offering h2 and http/1.1.

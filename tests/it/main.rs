@@ -3,6 +3,7 @@
 mod audit;
 mod core;
 mod forward;
+mod graph;
 mod reliability;
 mod rules;
 mod support;

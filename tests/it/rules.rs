@@ -43,7 +43,7 @@ async fn an_ignored_pointer_does_not_break_the_match_but_others_do() {
             http.patch(&recorder.url(&path), SEED_BODY).await.status,
             200
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(
@@ -106,7 +106,7 @@ async fn regex_sanitized_guid_and_upn_never_reach_the_store_or_exports() {
             upn,
             "the client sees the real answer"
         );
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
         for secret in [guid, upn] {
             assert!(!recorder.stderr().contains(secret), "{secret} in the log");
         }
@@ -184,7 +184,7 @@ async fn concurrent_tests_get_their_own_cassettes_through_one_proxy() {
             let read = http.send("GET", &recorder.url(&path), &headers, "").await;
             assert_eq!(read.json()["status"], status);
         }
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(&scratch, "replay", &upstream.url(""), &[]);
@@ -243,7 +243,7 @@ async fn gzip_responses_round_trip_and_export_decoded() {
             )
             .await;
         assert_eq!(recorded.body, compressed);
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     drop(upstream);
     let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
@@ -332,7 +332,7 @@ async fn json_and_har_exports_round_trip_losslessly() {
             )
             .await;
         }
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let store = scratch.arg("store");
@@ -450,7 +450,7 @@ async fn exhausted_sequences_follow_the_configured_policy() {
                 200
             );
         }
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let replayer = proxy(
@@ -509,7 +509,7 @@ async fn the_leak_guard_keeps_surviving_secrets_out_of_the_cassette() {
     assert_eq!(answer.status, 200, "the client is answered normally");
     assert!(answer.text().contains(token));
     assert_eq!(answer.header("x-graphvcr-leak-guard"), Some("refused"));
-    assert!(recorder.interrupt().success());
+    assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     assert!(
         recorder.stderr().contains("response body"),
         "the log names the field: {}",
@@ -561,7 +561,7 @@ async fn verify_reports_answers_that_changed_upstream() {
         let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
         http.patch(&recorder.url(&path), SEED_BODY).await;
         assert_eq!(http.get(&recorder.url(&path)).await.status, 200);
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     let store = scratch.arg("store");
     let upstream_url = upstream.url("");
@@ -622,7 +622,7 @@ async fn suggest_finds_volatile_request_fields_and_prune_removes_old_recordings(
                 200
             );
         }
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     upstream.kill();
     let store = scratch.arg("store");
@@ -842,7 +842,7 @@ async fn each_rule_changes_what_matches() {
         for (cassette, recorded, _, _) in &cases {
             assert_eq!(send(&recorder, cassette, *recorded).await.status, 200);
         }
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     let replayer = proxy(
         &scratch,
@@ -905,7 +905,7 @@ async fn configured_header_and_pointer_sanitizers_and_max_age_apply() {
             "the client gets the real answer"
         );
     }
-    assert!(auto.interrupt().success());
+    assert!(auto.interrupt().success(), "{}", auto.stderr());
     for secret in ["key-8d1f3a", "grace@contoso.com"] {
         assert!(
             files_containing(&scratch.join("store"), secret).is_empty(),
@@ -948,7 +948,7 @@ async fn compressed_request_bodies_are_decoded_for_matching() {
             )
             .await;
         assert_eq!(answer.status, 200);
-        assert!(recorder.interrupt().success());
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
     let plain = r#"{ "requests": [ { "url": "/me", "method": "GET", "id": "1" } ] }"#;

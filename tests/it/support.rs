@@ -579,6 +579,55 @@ impl Drop for TestUpstream {
     }
 }
 
+/// Starts the emulator over HTTP with extra flags (`--seed-devices`, `--throttle-every`, …).
+pub fn emulator_with(scratch: &Scratch, extra: &[&str]) -> Proc {
+    let mut args = vec!["emulate", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Proc::start(&args, scratch.path())
+}
+
+/// Writes `text` to `name` in the scratch directory and returns its path as an argument.
+pub fn write_file(scratch: &Scratch, name: &str, text: &str) -> String {
+    std::fs::write(scratch.join(name), text).expect("write file");
+    scratch.arg(name)
+}
+
+/// Interactions per cassette in a store no process holds, from `graphvcr cassette list`.
+pub fn cassette_counts(scratch: &Scratch, store: &str) -> Vec<(String, u64)> {
+    let (status, stdout, stderr) = run(&["cassette", "list", "--store", store], scratch.path());
+    assert!(status.success(), "cassette list failed: {stderr}");
+    stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs curl (a real, independent HTTP client with proxy, HTTP/2 and TLS support) and
+/// returns (exit code, body, stderr). Bounded by curl's own --max-time.
+pub fn curl(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", ""])
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .env_remove("CURL_CA_BUNDLE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl (is it installed?): {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Writes `text` as the file `name` in the scratch directory; returns its path.
 pub fn write_config(scratch: &Scratch, name: &str, text: &str) -> String {
     std::fs::write(scratch.join(name), text).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
@@ -690,26 +739,4 @@ pub async fn raw_exchange(
         closed,
         elapsed: started.elapsed(),
     }
-}
-
-/// Runs curl (a real, independent HTTP client with proxy, HTTP/2 and TLS support) and
-/// returns (exit code, body, stderr). Bounded by curl's own --max-time.
-pub fn curl(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--noproxy", ""])
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("https_proxy")
-        .env_remove("http_proxy")
-        .env_remove("CURL_CA_BUNDLE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl (is it installed?): {e}"));
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }

@@ -2,6 +2,18 @@
 //!
 //! The error envelope, the request-id headers and the deviceConfigurationDeviceStatus
 //! schema live here; the proxy, the emulator and the schema lint all call into this module.
+//!
+//! - [`batch`]: JSON batching (`$batch`): split into sub-requests, assemble answers.
+//! - [`links`]: `@odata.nextLink` / `@odata.deltaLink` / `Location` rewritten to the proxy.
+//! - [`odata`]: OData system query options normalised for matching (pure).
+//! - [`chaos`]: the seeded fault, rate-limit and latency layer.
+//! - [`lint`]: deviceStatuses bodies checked against the schema, warn only.
+
+pub mod batch;
+pub mod chaos;
+pub mod links;
+pub mod lint;
+pub mod odata;
 
 use std::time::SystemTime;
 
@@ -12,7 +24,8 @@ use serde_json::{json, Map, Value};
 
 /// The real Graph, used when no `--upstream` is given.
 pub const DEFAULT_UPSTREAM: &str = "https://graph.microsoft.com";
-/// Graph's hosts in every national cloud: intercepted by default in forward-proxy mode.
+/// Graph's hosts in every national cloud: intercepted by default in forward-proxy mode,
+/// and links pointing at any of them are Graph's own (rewritten to the proxy in reverse mode).
 pub const GRAPH_HOSTS: [&str; 4] = [
     "graph.microsoft.com",
     "graph.microsoft.us",
@@ -114,6 +127,36 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
 fn insert_header(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
+    }
+}
+
+/// Makes a replayed answer carry what a live one would: the caller's `client-request-id`
+/// echoed (Graph always echoes it), and, when configured, a fresh `request-id` and `Date`
+/// (both differ on every live call; tests that log or compare them see realistic values).
+pub fn refresh_replayed_headers(
+    headers: &mut http::HeaderMap,
+    client_request_id: Option<&str>,
+    regenerate_request_id: bool,
+    regenerate_date: bool,
+) {
+    if regenerate_request_id {
+        if let Some(old) = headers.get(REQUEST_ID).cloned() {
+            let fresh = new_request_id();
+            // Without a client id Graph sets client-request-id equal to request-id.
+            if headers.get(CLIENT_REQUEST_ID) == Some(&old) {
+                insert_header(headers, CLIENT_REQUEST_ID, &fresh);
+            }
+            insert_header(headers, REQUEST_ID, &fresh);
+        }
+    }
+    if let Some(id) = client_request_id {
+        insert_header(headers, CLIENT_REQUEST_ID, id);
+    }
+    if regenerate_date {
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        if let Ok(value) = HeaderValue::from_str(&now) {
+            headers.insert(header::DATE, value);
+        }
     }
 }
 

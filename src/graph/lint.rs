@@ -1,0 +1,135 @@
+//! Schema lint for recorded deviceStatuses traffic: a cassette recorded against a tenant
+//! (or a stand-in) that answers with unknown properties or bad enum or date values would
+//! make tests pass against data Graph never sends. Problems are reported, never blocked.
+
+use serde_json::Value;
+
+use super::{parse_device_status_route, validate_device_status, SchemaViolation};
+
+/// One problem found in an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// `request` or `response`.
+    pub side: &'static str,
+    pub violation: SchemaViolation,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} body {}", self.side, self.violation)
+    }
+}
+
+/// Checks a deviceStatuses exchange: the request body of a PATCH or POST, and a
+/// successful JSON response (an entity, or each member of a collection's `value`).
+/// Other routes, and bodies that are not JSON, give no findings.
+pub fn exchange(
+    method: &str,
+    path: &str,
+    request_body: &[u8],
+    status: u16,
+    response_body: &[u8],
+) -> Vec<Finding> {
+    let Some(route) = parse_device_status_route(path) else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    if matches!(method, "PATCH" | "POST") && !request_body.is_empty() {
+        if let Ok(body) = serde_json::from_slice::<Value>(request_body) {
+            findings.extend(
+                validate_device_status(&body, route.version)
+                    .into_iter()
+                    .map(|violation| Finding {
+                        side: "request",
+                        violation,
+                    }),
+            );
+        }
+    }
+    if !(200..300).contains(&status) || response_body.is_empty() {
+        return findings;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(response_body) else {
+        return findings;
+    };
+    let entities: Vec<(String, &Value)> = match (&route.status_id, body.get("value")) {
+        (None, Some(Value::Array(items))) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("/value/{i}"), item))
+            .collect(),
+        (Some(_), _) => vec![(String::new(), &body)],
+        _ => Vec::new(),
+    };
+    for (prefix, entity) in entities {
+        for violation in validate_device_status(&without_annotations(entity), route.version) {
+            findings.push(Finding {
+                side: "response",
+                violation: SchemaViolation {
+                    pointer: format!("{prefix}{}", violation.pointer),
+                    problem: violation.problem,
+                },
+            });
+        }
+    }
+    findings
+}
+
+/// Instance annotations (`@odata.context`, `@odata.etag`, …) are not properties; the
+/// schema check sees everything else, including `@odata.type`.
+fn without_annotations(entity: &Value) -> Value {
+    match entity {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(name, _)| !name.starts_with("@odata.") || *name == "@odata.type")
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ITEM: &str = "/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses/s";
+    const LIST: &str = "/beta/deviceManagement/deviceConfigurations/c/deviceStatuses";
+
+    fn pointers(findings: &[Finding]) -> Vec<String> {
+        findings
+            .iter()
+            .map(|f| format!("{} {}", f.side, f.violation.pointer))
+            .collect()
+    }
+
+    #[test]
+    fn findings() {
+        let ok = exchange(
+            "PATCH",
+            ITEM,
+            br#"{"status":"compliant"}"#,
+            200,
+            br#"{"@odata.context":"x","id":"s","status":"compliant"}"#,
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let bad = exchange(
+            "PATCH",
+            ITEM,
+            br#"{"status":"String"}"#,
+            200,
+            br#"{"id":"s","extra":1}"#,
+        );
+        assert_eq!(pointers(&bad), ["request /status", "response /extra"]);
+        let list = exchange(
+            "GET",
+            LIST,
+            b"",
+            200,
+            br#"{"value":[{"id":"a"},{"id":"b","lastReportedDateTime":"yesterday"}]}"#,
+        );
+        assert_eq!(pointers(&list), ["response /value/1/lastReportedDateTime"]);
+        assert!(exchange("GET", "/v1.0/me", b"", 200, br#"{"x":1}"#).is_empty());
+        assert!(exchange("GET", ITEM, b"", 404, br#"{"error":{}}"#).is_empty());
+    }
+}
