@@ -4,6 +4,7 @@
 # error or a non-2xx answer) or when RSS at the end is over 1.5x RSS after warm-up.
 #
 #   bench/soak.sh [DURATION]     # e.g. bench/soak.sh 30s; wrk's duration syntax
+#   CONNECTIONS=512 CACHE_MB=64 bench/soak.sh 1h
 #
 # Installs wrk with apt-get when it is missing. Builds graphvcr in release mode. The test
 # suite runs a 30-second version in Rust (reliability::load).
@@ -39,7 +40,8 @@ start() {
     PID=$!
     pids+=("$PID")
     for _ in $(seq 1 300); do
-        if URL=$(grep -m1 -o 'listening on [^ ]*' "$log" 2>/dev/null); then
+        # `^`: the admin API prints `admin listening on …` first.
+        if URL=$(grep -m1 -o '^listening on [^ ]*' "$log" 2>/dev/null); then
             URL="${URL#listening on }"
             return
         fi
@@ -64,7 +66,11 @@ wait "$PID" || true
 kill "$emulator_pid"
 pids=()
 
-start replayer serve --mode replay --listen 127.0.0.1:0 --store "$work/store"
+# sled's page cache grows to store.cache_capacity_mb (64 MiB by default) as the audit
+# trail is written, then stays there: a small cache fills during warm-up, so growth after
+# it means a leak.
+printf '[store]\ncache_capacity_mb = %s\n' "${CACHE_MB:-4}" >"$work/soak.toml"
+start replayer serve --config "$work/soak.toml" --mode replay --listen 127.0.0.1:0 --store "$work/store"
 replayer="$URL" proxy_pid="$PID"
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$proxy_pid/status"; }
 

@@ -230,7 +230,16 @@ async fn replay_soak_at_concurrency_256_has_no_errors_and_flat_memory() {
     let warm_up = Duration::from_secs(5).min(duration / 4);
     let scratch = Scratch::new();
     let upstream = echo_upstream().await;
-    let proxy = proxy(&scratch, "replay", &upstream.url(), &["--cassette", "soak"]);
+    // sled's page cache grows up to store.cache_capacity_mb as the audit trail is
+    // written, then stays there (64 MiB by default: about 80 s at this rate). A 4 MiB
+    // cache is full after warm-up, so growth after it would be a leak.
+    let config = write_config(&scratch, "soak.toml", "[store]\ncache_capacity_mb = 4\n");
+    let proxy = proxy(
+        &scratch,
+        "replay",
+        &upstream.url(),
+        &["--cassette", "soak", "--config", &config],
+    );
     let http = Http::new();
     for i in 0..PATHS {
         let reply = http
