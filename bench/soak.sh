@@ -4,7 +4,7 @@
 # error or a non-2xx answer) or when RSS at the end is over 1.5x RSS after warm-up.
 #
 #   bench/soak.sh [DURATION]     # e.g. bench/soak.sh 30s; wrk's duration syntax
-#   CONNECTIONS=512 CACHE_MB=64 bench/soak.sh 1h
+#   CONNECTIONS=512 CACHE_MB=64 AUDIT=false bench/soak.sh 1h
 #
 # Installs wrk with apt-get when it is missing. Builds graphvcr in release mode. The test
 # suite runs a 30-second version in Rust (reliability::load).
@@ -69,7 +69,8 @@ pids=()
 # sled's page cache grows to store.cache_capacity_mb (64 MiB by default) as the audit
 # trail is written, then stays there: a small cache fills during warm-up, so growth after
 # it means a leak.
-printf '[store]\ncache_capacity_mb = %s\n' "${CACHE_MB:-4}" >"$work/soak.toml"
+printf '[store]\ncache_capacity_mb = %s\n[audit]\nenabled = %s\n' \
+    "${CACHE_MB:-4}" "${AUDIT:-true}" >"$work/soak.toml"
 start replayer serve --config "$work/soak.toml" --mode replay --listen 127.0.0.1:0 --store "$work/store"
 replayer="$URL" proxy_pid="$PID"
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$proxy_pid/status"; }
