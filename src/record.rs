@@ -209,11 +209,27 @@ pub struct ExportedResponse {
     pub decoded: Option<Value>,
 }
 
+/// JSON bodies nested deeper than this are exported as text. The export document wraps
+/// a body in levels of its own, and serde_json refuses to read documents nested deeper
+/// than 128: a body of 124-128 levels would export but not import again.
+const MAX_EXPORTED_JSON_DEPTH: usize = 100;
+
+/// Nesting depth of a value (a scalar is 0). Bounded by serde_json's own limit of 128
+/// on anything parsed.
+fn json_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A compressed body decoded for people: JSON as a value, else text, else nothing.
 fn decoded_for_display(headers: &[Header], body: &[u8]) -> Option<Value> {
     let decoded = decode_body(header_value(headers, "content-encoding"), body, 64 << 20)?;
     serde_json::from_slice(&decoded)
         .ok()
+        .filter(|value| json_depth(value) <= MAX_EXPORTED_JSON_DEPTH)
         .or_else(|| String::from_utf8(decoded).ok().map(Value::String))
 }
 
@@ -233,7 +249,9 @@ pub enum ExportedBody {
 impl ExportedBody {
     pub fn from_bytes(bytes: &[u8]) -> Self {
         if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-            if serde_json::to_vec(&value).is_ok_and(|again| again == bytes) {
+            if json_depth(&value) <= MAX_EXPORTED_JSON_DEPTH
+                && serde_json::to_vec(&value).is_ok_and(|again| again == bytes)
+            {
                 return Self::Json(value);
             }
         }
@@ -332,6 +350,54 @@ mod tests {
             ExportedBody::from_bytes(b"{ \"a\": 1 }"),
             ExportedBody::Text(_)
         ));
+    }
+
+    /// Regression: a body nested 124-127 levels deep was exported as a JSON value, and
+    /// the document holding it was then too deep for serde_json to read back.
+    #[test]
+    fn deeply_nested_json_bodies_export_and_read_back() {
+        for depth in [1, 99, 100, 101, 124, 126, 127, 128, 129, 10_000] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let interaction = Interaction {
+                schema: SCHEMA_VERSION,
+                id: 1,
+                cassette: "c".into(),
+                recorded_at: "2026-01-01T00:00:00Z".into(),
+                upstream_latency_ms: 0.0,
+                request: RecordedRequest {
+                    method: "POST".into(),
+                    uri: "/".into(),
+                    host: None,
+                    headers: vec![Header::new("content-type", b"application/json")],
+                    body: Bytes::from(body.clone()),
+                },
+                response: RecordedResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: Bytes::from(body.clone()),
+                },
+            };
+            let document = ExportDocument {
+                graphvcr_export: EXPORT_VERSION,
+                cassette: "c".into(),
+                interactions: vec![ExportedInteraction::from_interaction(&interaction)],
+            };
+            let text = serde_json::to_string_pretty(&document).expect("serialises");
+            let back: ExportDocument = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("depth {depth}: export does not read back: {e}"));
+            let again = back.interactions[0]
+                .clone()
+                .into_interaction("c")
+                .expect("bodies decode");
+            assert_eq!(
+                again.request.body, interaction.request.body,
+                "depth {depth}"
+            );
+            assert_eq!(
+                again.response.body, interaction.response.body,
+                "depth {depth}"
+            );
+        }
     }
 
     #[test]

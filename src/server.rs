@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +139,16 @@ pub async fn serve<H: Handler>(
     graceful.shutdown().await;
 }
 
+/// Panics caught in request handlers since the process started (all servers in it).
+static CAUGHT_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many request handlers have panicked (and been answered 500) since the process
+/// started. Every one is a bug: network input must never reach a panic. Exposed for
+/// metrics and tests.
+pub fn caught_panics() -> u64 {
+    CAUGHT_PANICS.load(Ordering::Relaxed)
+}
+
 /// HTTP/1.1 and HTTP/2 (prior knowledge or ALPN) on one connection, with the limits.
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -205,7 +216,8 @@ pub async fn serve_tls_stream<H, IO>(
 }
 
 /// Runs the handler in its own task so a panic costs one request, not the connection
-/// or the process; the client gets Graph's 500 shape instead of a dropped socket.
+/// or the process; the client gets Graph's 500 shape instead of a dropped socket, the
+/// panic is logged at error and counted ([`caught_panics`]).
 async fn isolate_panics<H: Handler>(
     handler: Arc<H>,
     request: Request<Incoming>,
@@ -214,7 +226,8 @@ async fn isolate_panics<H: Handler>(
     match tokio::spawn(handler.call(request, peer)).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::error!(%peer, %error, "request handler panicked");
+            let total = CAUGHT_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(%peer, %error, caught_panics = total, "request handler panicked");
             graph::error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalServerError",
@@ -222,5 +235,64 @@ async fn isolate_panics<H: Handler>(
                 None,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Panics on `/panic`, answers 204 otherwise.
+    struct Panicky;
+
+    impl Handler for Panicky {
+        fn call(&self, request: Request<Incoming>, _peer: SocketAddr) -> ResponseFuture {
+            let explode = request.uri().path() == "/panic";
+            Box::pin(async move {
+                assert!(!explode, "deliberate panic from a test handler");
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            })
+        }
+    }
+
+    async fn exchange(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answer within 10 s")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_counted_and_the_server_keeps_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Limits::default(),
+            Arc::new(Panicky),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let before = caught_panics();
+        let answer = exchange(addr, "/panic").await;
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert!(answer.contains("\"InternalServerError\""), "{answer}");
+        assert!(answer.contains("request-id"), "{answer}");
+        assert!(caught_panics() > before, "the panic was counted");
+        let after = exchange(addr, "/fine").await;
+        assert!(after.starts_with("HTTP/1.1 204"), "{after}");
+        let _ = stop.send(());
+        server.await.expect("server ends cleanly");
     }
 }

@@ -4,5 +4,6 @@ mod audit;
 mod core;
 mod forward;
 mod graph;
+mod reliability;
 mod rules;
 mod support;

@@ -59,11 +59,16 @@ pub struct Proc {
 impl Proc {
     /// Starts `graphvcr ARGS` in `cwd` and waits for its `listening on` line.
     pub fn start(args: &[&str], cwd: &Path) -> Proc {
+        Self::start_logging(args, cwd, "info")
+    }
+
+    /// As [`Proc::start`], with `RUST_LOG` set to `filter` (e.g. `debug`).
+    pub fn start_logging(args: &[&str], cwd: &Path, filter: &str) -> Proc {
         let command = format!("graphvcr {}", args.join(" "));
         let mut child = Command::new(bin())
             .args(args)
             .current_dir(cwd)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -120,6 +125,10 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A URL on the admin API; panics when the process runs none.
@@ -373,6 +382,49 @@ impl Http {
             .await
     }
 
+    /// As [`Http::send_bytes`], but a failed exchange is an `Err` naming the failure
+    /// instead of a panic: for tests that kill the server mid-flight.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?)
+            .uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{method} {url} failed: {e:?}"))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("{method} {url}: body: {e:?}"))?
+                .to_bytes();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{method} {url} took longer than {REQUEST_TIMEOUT:?}"
+                ))
+            })
+    }
+
     pub async fn send_bytes(
         &self,
         method: &str,
@@ -574,4 +626,117 @@ pub fn curl(args: &[&str], cwd: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Writes `text` as the file `name` in the scratch directory; returns its path.
+pub fn write_config(scratch: &Scratch, name: &str, text: &str) -> String {
+    std::fs::write(scratch.join(name), text).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
+    scratch.arg(name)
+}
+
+/// `graphvcr cassette export NAME` of the scratch store, parsed.
+pub fn export(scratch: &Scratch, cassette: &str) -> Value {
+    let (status, stdout, stderr) = run(
+        &[
+            "cassette",
+            "export",
+            cassette,
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert!(status.success(), "export of {cassette} failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("export of {cassette} is not JSON ({e}):\n{stdout}"))
+}
+
+/// `graphvcr cassette list` of the scratch store: (name, interactions) pairs.
+pub fn cassette_list(scratch: &Scratch) -> Vec<(String, u64)> {
+    let (status, stdout, stderr) = run(
+        &["cassette", "list", "--store", &scratch.arg("store")],
+        scratch.path(),
+    );
+    assert!(status.success(), "cassette list failed: {stderr}");
+    stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?.to_owned();
+            let count = fields.next()?.parse().ok()?;
+            Some((name, count))
+        })
+        .collect()
+}
+
+/// Resident set size of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// What came back on a raw socket.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status code of the first response line, if one arrived.
+    pub status: Option<u16>,
+    /// Everything read, lossily as text.
+    pub text: String,
+    /// The server closed the connection (EOF or reset) before `wait` ran out.
+    pub closed: bool,
+    /// From the last byte written to the end of reading.
+    pub elapsed: Duration,
+}
+
+/// Writes `parts` to a fresh connection to `addr`, pausing `pause` between parts, then
+/// reads until the server closes or `wait` runs out. Write errors are ignored: a server
+/// may answer and close before the client has finished.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    parts: &[&[u8]],
+    pause: Duration,
+    wait: Duration,
+) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        if stream.write_all(part).await.is_err() {
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut closed = false;
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let remaining = wait.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, stream.read(&mut buffer)).await {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    RawAnswer {
+        status,
+        text,
+        closed,
+        elapsed: started.elapsed(),
+    }
 }
