@@ -100,9 +100,11 @@ impl ProxyServer {
         self.running.addr
     }
 
+    /// Drains, flushes and releases the store's lock.
     pub async fn stop(self) -> Result<(), AppError> {
         self.running.stop().await;
-        self.store.close()?;
+        drop(self.proxy);
+        self.store.close_and_release()?;
         Ok(())
     }
 }
@@ -114,9 +116,10 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let upstream = Upstream::new(&config.upstream)?;
     let proxy = Proxy::new(
         config.proxy.clone(),
+        config.matching.clone(),
         store.clone(),
         upstream,
-        Redactor::default(),
+        Redactor::new(config.sanitize.clone()),
     );
     let listener = bind(config.proxy.listen).await?;
     let limits = Limits {

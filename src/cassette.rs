@@ -1,35 +1,51 @@
-//! `graphvcr cassette ...`: list, show, export and import cassettes in the store.
+//! `graphvcr cassette ...`: list, show, export, import, delete, prune, verify and suggest.
 //!
 //! The export document (see `record`) is the lossless, reviewable form of a cassette and
-//! the migration path off the store's on-disk format.
+//! the migration path off the store's on-disk format; HAR 1.2 is the exchange format with
+//! browsers and other tools.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use crate::app::AppError;
-use crate::config::validate_cassette_name;
-use crate::matching;
-use crate::record::{ExportDocument, ExportedInteraction, EXPORT_VERSION};
-use crate::store::Store;
+use serde_json::Value;
 
-/// Export documents are read whole; refuse anything larger than this.
+use crate::app::AppError;
+use crate::config::{validate_cassette_name, MatchingConfig};
+use crate::har;
+use crate::matching::{self, rules::pointer_tokens};
+use crate::record::{
+    decode_body, header_value, headers_to_map, ExportDocument, ExportedInteraction, Interaction,
+    EXPORT_VERSION,
+};
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// Documents are read whole; refuse anything larger than this.
 const MAX_IMPORT_BYTES: u64 = 1 << 30;
 
-/// A cassette as an export document.
-pub fn export(store: &Store, cassette: &str) -> Result<ExportDocument, AppError> {
-    let mut interactions = store.interactions(cassette, usize::MAX)?;
+fn io_error(e: std::io::Error) -> AppError {
+    AppError::Other(format!("cannot write output: {e}"))
+}
+
+/// Every interaction of an existing cassette, in recording order.
+fn load(store: &Store, cassette: &str) -> Result<Vec<Interaction>, AppError> {
+    let interactions = store.interactions(cassette, usize::MAX)?;
     if interactions.is_empty() && !store.cassettes()?.iter().any(|c| c.name == cassette) {
         return Err(AppError::Other(format!(
             "no cassette named '{cassette}' in {}",
             store.path().display()
         )));
     }
-    // Recording order, so episodes read top to bottom as they happened.
-    interactions.sort_by_key(|i| i.id);
+    Ok(interactions)
+}
+
+/// A cassette as an export document.
+pub fn export(store: &Store, cassette: &str) -> Result<ExportDocument, AppError> {
     Ok(ExportDocument {
         graphvcr_export: EXPORT_VERSION,
         cassette: cassette.to_owned(),
-        interactions: interactions
+        interactions: load(store, cassette)?
             .iter()
             .map(ExportedInteraction::from_interaction)
             .collect(),
@@ -41,6 +57,18 @@ pub fn export_text(document: &ExportDocument) -> String {
     let mut text = serde_json::to_string_pretty(document).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// A cassette as a HAR 1.2 document; `base_url` completes reverse-mode URLs.
+pub fn export_har(store: &Store, cassette: &str, base_url: &str) -> Result<String, AppError> {
+    let base_url = base_url.trim_end_matches('/');
+    let entries = load(store, cassette)?
+        .iter()
+        .map(|i| har::entry_from_interaction(i, base_url))
+        .collect();
+    let mut text = serde_json::to_string_pretty(&har::document(entries)).unwrap_or_default();
+    text.push('\n');
+    Ok(text)
 }
 
 /// Parses an export document.
@@ -61,33 +89,105 @@ pub fn parse_export(text: &str, origin: &Path) -> Result<ExportDocument, AppErro
     Ok(document)
 }
 
-/// Reads a document into the store under `name` (default: the document's own), keeping
-/// the interactions' order so episodes replay as recorded. Returns the count.
+/// A document read for import: the cassette name it suggests and its interactions.
+pub struct Imported {
+    pub cassette: String,
+    pub interactions: Vec<Interaction>,
+}
+
+/// Reads a graphvcr export document or a HAR 1.2 file (told apart by their top-level
+/// member); `fallback_name` names a HAR's cassette, which HAR itself cannot carry.
+pub fn parse_any(text: &str, origin: &Path, fallback_name: &str) -> Result<Imported, AppError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| AppError::Other(format!("{} is not JSON: {e}", origin.display())))?;
+    if value.get("log").is_some() {
+        let document: har::Har = serde_json::from_value(value).map_err(|e| {
+            AppError::Other(format!(
+                "{} is not a HAR 1.2 document: {e}",
+                origin.display()
+            ))
+        })?;
+        let interactions = document
+            .log
+            .entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                har::interaction_from_entry(entry, fallback_name)
+                    .map_err(|e| AppError::Other(format!("{} entry {i}: {e}", origin.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Imported {
+            cassette: fallback_name.to_owned(),
+            interactions,
+        });
+    }
+    let document = parse_export(text, origin)?;
+    let cassette = document.cassette.clone();
+    let interactions = document
+        .interactions
+        .into_iter()
+        .enumerate()
+        .map(|(i, exported)| {
+            exported.into_interaction(&cassette).map_err(|e| {
+                AppError::Other(format!(
+                    "{} interaction {i}: a base64 body does not decode: {e}",
+                    origin.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Imported {
+        cassette,
+        interactions,
+    })
+}
+
+/// Stores an export document under `name` (default: the document's own).
 pub fn import(
     store: &Store,
     document: ExportDocument,
     name: Option<&str>,
+    matching: &MatchingConfig,
 ) -> Result<(String, usize), AppError> {
     let cassette = name.unwrap_or(&document.cassette).to_owned();
-    validate_cassette_name("cassette", &cassette)?;
-    let mut records = Vec::with_capacity(document.interactions.len());
-    let mut interactions = document.interactions;
-    interactions.sort_by_key(|i| i.id);
-    for (position, exported) in interactions.into_iter().enumerate() {
-        let interaction = exported.into_interaction(&cassette).map_err(|e| {
+    let mut interactions = Vec::with_capacity(document.interactions.len());
+    for (i, exported) in document.interactions.into_iter().enumerate() {
+        interactions.push(exported.into_interaction(&cassette).map_err(|e| {
             AppError::Other(format!(
-                "interaction {position}: a base64 body does not decode: {e}"
+                "interaction {i}: a base64 body does not decode: {e}"
             ))
-        })?;
-        let key = matching::normalize_recorded(&interaction.request).key();
-        records.push((key, interaction));
+        })?);
     }
-    let count = store.insert_all(records)?;
+    let count = import_interactions(store, &cassette, interactions, matching)?;
     Ok((cassette, count))
 }
 
-/// Reads an export file from disk, bounded in size.
-pub fn read_export_file(path: &Path) -> Result<ExportDocument, AppError> {
+/// Stores interactions under `cassette`, keeping their order (by id where they carry
+/// one) so episodes replay as recorded, and indexes them for the configured rules.
+pub fn import_interactions(
+    store: &Store,
+    cassette: &str,
+    mut interactions: Vec<Interaction>,
+    matching: &MatchingConfig,
+) -> Result<usize, AppError> {
+    validate_cassette_name("cassette", cassette)?;
+    let rule_set = matching.for_cassette(cassette);
+    interactions.sort_by_key(|i| i.id);
+    let records = interactions
+        .into_iter()
+        .map(|mut interaction| {
+            interaction.cassette = cassette.to_owned();
+            (rule_set.key_of(&interaction), interaction)
+        })
+        .collect();
+    let count = store.insert_all(rule_set.fingerprint(), records)?.len();
+    store.flush_now()?;
+    Ok(count)
+}
+
+/// Reads a document from disk, bounded in size.
+pub fn read_file(path: &Path) -> Result<String, AppError> {
     let size = std::fs::metadata(path)
         .map_err(|e| AppError::Other(format!("cannot read {}: {e}", path.display())))?
         .len();
@@ -97,9 +197,8 @@ pub fn read_export_file(path: &Path) -> Result<ExportDocument, AppError> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| AppError::Other(format!("cannot read {}: {e}", path.display())))?;
-    parse_export(&text, path)
+    std::fs::read_to_string(path)
+        .map_err(|e| AppError::Other(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Prints the cassette list as an aligned table.
@@ -111,10 +210,313 @@ pub fn print_list(store: &Store, out: &mut impl Write) -> Result<(), AppError> {
         .max()
         .unwrap_or(0)
         .max(8);
-    let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
-    writeln!(out, "{:<width$}  INTERACTIONS", "CASSETTE").map_err(io)?;
+    writeln!(out, "{:<width$}  INTERACTIONS", "CASSETTE").map_err(io_error)?;
     for cassette in cassettes {
-        writeln!(out, "{:<width$}  {}", cassette.name, cassette.interactions).map_err(io)?;
+        writeln!(out, "{:<width$}  {}", cassette.name, cassette.interactions).map_err(io_error)?;
     }
     Ok(())
+}
+
+/// Prints one line per interaction: id, time, request, status, sizes.
+pub fn print_show(store: &Store, cassette: &str, out: &mut impl Write) -> Result<(), AppError> {
+    let interactions = load(store, cassette)?;
+    writeln!(
+        out,
+        "{:>6}  {:<24}  {:<7} {:>6} {:>9} {:>9}  URI",
+        "ID", "RECORDED", "METHOD", "STATUS", "REQ_BYTES", "RSP_BYTES"
+    )
+    .map_err(io_error)?;
+    for i in &interactions {
+        writeln!(
+            out,
+            "{:>6}  {:<24}  {:<7} {:>6} {:>9} {:>9}  {}",
+            i.id,
+            i.recorded_at,
+            i.request.method,
+            i.response.status,
+            i.request.body.len(),
+            i.response.body.len(),
+            i.request.uri
+        )
+        .map_err(io_error)?;
+    }
+    writeln!(
+        out,
+        "{} interactions in cassette '{cassette}'",
+        interactions.len()
+    )
+    .map_err(io_error)?;
+    Ok(())
+}
+
+/// The body as a JSON value (decoded when compressed), if it is JSON.
+fn json_body(headers: &[crate::record::Header], body: &[u8]) -> Option<Value> {
+    let decoded = decode_body(header_value(headers, "content-encoding"), body, 64 << 20);
+    serde_json::from_slice(decoded.as_deref().unwrap_or(body)).ok()
+}
+
+/// What `cassette verify` found for one recorded request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub interaction: u64,
+    pub method: String,
+    pub uri: String,
+    /// Empty when the live answer matches the recording.
+    pub changes: Vec<String>,
+}
+
+/// Options of `cassette verify`.
+pub struct VerifyOptions {
+    /// Re-send only these methods (upper case); all when empty.
+    pub methods: Vec<String>,
+    /// Headers set on every re-sent request (a live token, since stored ones are redacted).
+    pub headers: Vec<(String, String)>,
+    /// JSON Pointers ignored in response bodies, besides the rules' `ignore_pointers`.
+    pub ignore: Vec<String>,
+}
+
+/// Re-sends the latest recording of each distinct request to `upstream` and compares
+/// status and body (JSON bodies as values, minus ignored pointers).
+pub async fn verify(
+    store: &Store,
+    cassette: &str,
+    upstream: &Upstream,
+    matching: &MatchingConfig,
+    options: &VerifyOptions,
+) -> Result<Vec<Verdict>, AppError> {
+    let rule_set = matching.for_cassette(cassette);
+    let mut latest: BTreeMap<[u8; 32], Interaction> = BTreeMap::new();
+    for interaction in load(store, cassette)? {
+        if options.methods.is_empty()
+            || options
+                .methods
+                .contains(&interaction.request.method.to_ascii_uppercase())
+        {
+            latest.insert(rule_set.key_of(&interaction).0, interaction);
+        }
+    }
+    let mut verdicts = Vec::new();
+    let mut recorded: Vec<Interaction> = latest.into_values().collect();
+    recorded.sort_by_key(|i| i.id);
+    for interaction in recorded {
+        let request = &interaction.request;
+        let mut headers = headers_to_map(&request.headers);
+        for (name, value) in &options.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let method = http::Method::from_bytes(request.method.as_bytes()).map_err(|e| {
+            AppError::Other(format!("interaction {}: bad method: {e}", interaction.id))
+        })?;
+        let mut changes = Vec::new();
+        match upstream
+            .send(method, &request.uri, headers, request.body.clone())
+            .await
+        {
+            Err(error) => changes.push(format!("upstream failed: {error}")),
+            Ok(live) => {
+                if live.status.as_u16() != interaction.response.status {
+                    changes.push(format!(
+                        "status {} -> {}",
+                        interaction.response.status,
+                        live.status.as_u16()
+                    ));
+                }
+                let rules = rule_set.rules_for(&request.method, matching::path_of(&request.uri));
+                let live_headers = crate::record::headers_from_map(&live.headers);
+                let pointers: Vec<&String> = rules
+                    .ignore_pointers
+                    .iter()
+                    .chain(&options.ignore)
+                    .collect();
+                let strip = |mut value: Value| {
+                    for pointer in &pointers {
+                        matching::remove_pointer(&mut value, &pointer_tokens(pointer));
+                    }
+                    value
+                };
+                match (
+                    json_body(&interaction.response.headers, &interaction.response.body),
+                    json_body(&live_headers, &live.body),
+                ) {
+                    (Some(before), Some(after)) => {
+                        let (before, after) = (strip(before), strip(after));
+                        for difference in value_differences(&before, &after) {
+                            changes.push(difference);
+                        }
+                    }
+                    _ if interaction.response.body != live.body => {
+                        changes.push("body changed".to_owned())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        verdicts.push(Verdict {
+            interaction: interaction.id,
+            method: request.method.clone(),
+            uri: request.uri.clone(),
+            changes,
+        });
+    }
+    Ok(verdicts)
+}
+
+/// `body POINTER (recorded X, now Y)` lines between two JSON values.
+fn value_differences(before: &Value, after: &Value) -> Vec<String> {
+    let as_request = |value: &Value| matching::Normalized {
+        method: String::new(),
+        host: None,
+        path: String::new(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: matching::NormalBody::Json(value.clone()),
+    };
+    matching::differences(&as_request(before), &as_request(after))
+        .into_iter()
+        .map(|d| format!("{} (recorded {}, now {})", d.field, d.recorded, d.received))
+        .collect()
+}
+
+/// Volatile fields found by comparing repeated recordings.
+#[derive(Debug, Default, PartialEq)]
+pub struct Suggestions {
+    /// Per route (method and path): request body pointers that differed between
+    /// otherwise identical requests.
+    pub request_pointers: BTreeMap<(String, String), Vec<String>>,
+    /// Response body pointers that differed between episodes of one request.
+    pub response_pointers: Vec<String>,
+    /// Response headers whose values differed between episodes of one request.
+    pub response_headers: Vec<String>,
+}
+
+/// Compares repeated recordings: requests to the same method and path whose bodies
+/// differ in a few members (timestamps, GUIDs), and episodes of one request whose
+/// answers differ.
+pub fn suggest(
+    store: &Store,
+    cassette: &str,
+    matching: &MatchingConfig,
+) -> Result<Suggestions, AppError> {
+    let rule_set = matching.for_cassette(cassette);
+    let interactions = load(store, cassette)?;
+    let mut suggestions = Suggestions::default();
+    let mut by_route: BTreeMap<(String, String), Vec<&Interaction>> = BTreeMap::new();
+    let mut by_key: BTreeMap<[u8; 32], Vec<&Interaction>> = BTreeMap::new();
+    for interaction in &interactions {
+        let path = matching::normalize_percent(matching::path_of(&interaction.request.uri), false);
+        by_route
+            .entry((interaction.request.method.clone(), path))
+            .or_default()
+            .push(interaction);
+        by_key
+            .entry(rule_set.key_of(interaction).0)
+            .or_default()
+            .push(interaction);
+    }
+    for (route, group) in &by_route {
+        let mut pointers = Vec::new();
+        for pair in group.windows(2) {
+            let (a, b) = (
+                json_body(&pair[0].request.headers, &pair[0].request.body),
+                json_body(&pair[1].request.headers, &pair[1].request.body),
+            );
+            if let (Some(a), Some(b)) = (a, b) {
+                pointers.extend(changed_pointers(&a, &b));
+            }
+        }
+        pointers.sort();
+        pointers.dedup();
+        if !pointers.is_empty() {
+            suggestions.request_pointers.insert(route.clone(), pointers);
+        }
+    }
+    for group in by_key.values() {
+        for pair in group.windows(2) {
+            let (a, b) = (&pair[0].response, &pair[1].response);
+            if let (Some(x), Some(y)) = (
+                json_body(&a.headers, &a.body),
+                json_body(&b.headers, &b.body),
+            ) {
+                suggestions
+                    .response_pointers
+                    .extend(changed_pointers(&x, &y));
+            }
+            for header in &a.headers {
+                let other = header_value(&b.headers, &header.name);
+                if other.is_some_and(|v| v != header.value) {
+                    suggestions
+                        .response_headers
+                        .push(header.name.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    suggestions.response_pointers.sort();
+    suggestions.response_pointers.dedup();
+    suggestions.response_headers.sort();
+    suggestions.response_headers.dedup();
+    Ok(suggestions)
+}
+
+/// Pointers whose values differ between two documents of the same shape. A document
+/// whose shape differs (more than a handful of changes) suggests nothing: it is a
+/// different request, not a volatile field.
+fn changed_pointers(a: &Value, b: &Value) -> Vec<String> {
+    const MAX_VOLATILE: usize = 5;
+    let lines = value_differences(a, b);
+    if lines.is_empty() || lines.len() > MAX_VOLATILE {
+        return Vec::new();
+    }
+    lines
+        .iter()
+        .filter_map(|line| {
+            line.strip_prefix("body ")?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|pointer| pointer != "/")
+        .collect()
+}
+
+/// Suggestions as config to paste into `config.toml`.
+pub fn suggestions_toml(cassette: &str, suggestions: &Suggestions) -> String {
+    let mut out = String::new();
+    if suggestions == &Suggestions::default() {
+        out.push_str(&format!(
+            "# no volatile fields found in cassette '{cassette}': no repeated request differed\n"
+        ));
+        return out;
+    }
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for ((method, path), pointers) in &suggestions.request_pointers {
+        out.push_str(&format!(
+            "# {method} {path}: these request body members changed between recordings\n[[match.routes]]\nroute = {path:?}\nroute_method = {method:?}\nignore_pointers = [{}]\n\n",
+            list(pointers)
+        ));
+    }
+    if !suggestions.response_pointers.is_empty() {
+        out.push_str(&format!(
+            "# response body members that changed between episodes of one request\n# (ignore them when verifying: graphvcr cassette verify {cassette} --ignore POINTER)\n# response_pointers = [{}]\n",
+            list(&suggestions.response_pointers)
+        ));
+    }
+    if !suggestions.response_headers.is_empty() {
+        out.push_str(&format!(
+            "# response headers that changed between episodes of one request\n# response_headers = [{}]\n",
+            list(&suggestions.response_headers)
+        ));
+    }
+    out
 }

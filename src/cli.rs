@@ -99,24 +99,29 @@ pub struct DemoArgs {
 pub enum CassetteCommand {
     /// List the cassettes in the store.
     List(StoreArgs),
-    /// Print a cassette's interactions in the export format.
+    /// One line per interaction: id, time, method, status, sizes, URI.
     Show {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Write a cassette as a reviewable JSON document (stdout unless --out).
+    /// Write a cassette as a reviewable JSON document or HAR 1.2 (stdout unless --out).
     Export {
         name: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Scheme and host for HAR URLs of reverse-mode recordings.
+        #[arg(long, default_value = crate::graph::DEFAULT_UPSTREAM)]
+        base_url: String,
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Read an exported cassette document into the store.
+    /// Read an export document or a HAR 1.2 file into the store.
     Import {
         file: PathBuf,
-        /// Store it under this name instead of the one in the file.
+        /// Store it under this name (default: the document's own; `imported` for HAR).
         #[arg(long = "as")]
         as_name: Option<String>,
         #[command(flatten)]
@@ -128,6 +133,46 @@ pub enum CassetteCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Remove interactions recorded longer ago than DURATION (e.g. 30d, 12h).
+    Prune {
+        name: String,
+        #[arg(long)]
+        older_than: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-send recorded requests to a live upstream and report which answers changed;
+    /// exits 1 when any did.
+    Verify {
+        name: String,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long)]
+        upstream_ca: Option<PathBuf>,
+        /// `Name: value` set on every re-sent request (stored credentials are redacted).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Re-send every recorded method, not only GET and HEAD.
+        #[arg(long)]
+        all_methods: bool,
+        /// JSON Pointer ignored in response bodies (repeatable), besides the match rules'.
+        #[arg(long = "ignore")]
+        ignore: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List fields that changed between repeated recordings, as config to paste.
+    Suggest {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Har,
 }
 
 #[derive(Debug, Clone, Args)]

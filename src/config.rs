@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ServeArgs, StoreArgs};
 
+mod rules;
+
+pub use rules::{FileRules, FileSanitize, LeakGuard, MatchingConfig, Replacement, SanitizeConfig};
+
 /// The built-in defaults, named so the docs, `config.toml` and the code agree.
 pub mod defaults {
     use super::Mode;
@@ -80,6 +84,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub upstream: UpstreamConfig,
     pub store: StoreConfig,
+    pub matching: MatchingConfig,
+    pub sanitize: SanitizeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +104,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Add `x-graphvcr-outcome` and friends to every response.
     pub provenance_headers: bool,
+    /// In `auto`, recordings older than this count as absent and are recorded afresh.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +148,10 @@ pub struct FileConfig {
     pub upstream: FileUpstream,
     #[serde(default)]
     pub store: FileStore,
+    #[serde(default, rename = "match")]
+    pub matching: FileRules,
+    #[serde(default)]
+    pub sanitize: FileSanitize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +166,7 @@ pub struct FileProxy {
     pub body_read_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub provenance_headers: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,14 +232,14 @@ impl Config {
         Self::from_layers(args, file)
     }
 
-    /// Resolves a command that only needs the store location.
-    pub fn resolve_store(args: &StoreArgs) -> Result<StoreConfig, ConfigError> {
+    /// Resolves a command that works on the store (flags: config file and store path).
+    pub fn resolve_store(args: &StoreArgs) -> Result<Self, ConfigError> {
         let serve = ServeArgs {
             config: args.config.clone(),
             store: args.store.clone(),
             ..ServeArgs::default()
         };
-        Ok(Self::resolve(&serve)?.store)
+        Self::resolve(&serve)
     }
 
     /// The precedence rule itself, separated from I/O so it can be tested.
@@ -235,7 +248,13 @@ impl Config {
             proxy,
             upstream,
             store,
+            matching,
+            sanitize,
         } = file;
+        let max_age = match proxy.max_age.as_deref() {
+            None => None,
+            Some(text) => Some(duration("proxy.max_age", Some(text), text)?),
+        };
         let mode = match (args.mode, proxy.mode) {
             (Some(mode), _) => mode,
             (None, Some(text)) => Mode::parse(&text).ok_or_else(|| ConfigError::Invalid {
@@ -301,6 +320,7 @@ impl Config {
                 provenance_headers: proxy
                     .provenance_headers
                     .unwrap_or(defaults::PROVENANCE_HEADERS),
+                max_age,
             },
             upstream: UpstreamConfig {
                 url,
@@ -335,6 +355,8 @@ impl Config {
                     * 1024
                     * 1024,
             },
+            matching: matching.resolve()?,
+            sanitize: sanitize.resolve()?,
         })
     }
 }

@@ -179,10 +179,13 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
         crate::cassette::parse_export(SAMPLE_CASSETTE, Path::new("cassettes/sample.json"))?;
     let first = document
         .interactions
-        .first()
+        .iter()
+        .find(|i| i.request.method == "PATCH")
+        .or(document.interactions.first())
         .cloned()
         .ok_or_else(|| AppError::Other("the sample cassette is empty".into()))?;
-    let (name, count) = crate::cassette::import(&replayer.store, document, None)?;
+    let (name, count) =
+        crate::cassette::import(&replayer.store, document, None, &Default::default())?;
     println!("  imported {count} interactions into cassette '{name}'");
     let body = first.request.body.to_bytes().unwrap_or_default();
     let request = Request::builder()

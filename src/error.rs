@@ -97,6 +97,10 @@ pub struct MissReport {
     pub method: String,
     pub uri: String,
     pub nearest: Vec<Nearest>,
+    /// Set when the request was recorded but its recorded sequence is used up
+    /// (`exhausted = "miss"`): how many episodes there were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted_after: Option<usize>,
 }
 
 /// A recorded request close to the one that missed.
@@ -110,6 +114,13 @@ pub struct Nearest {
 
 impl std::fmt::Display for MissReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(count) = self.exhausted_after {
+            return write!(
+                f,
+                "the recorded sequence for {} {} in cassette '{}' is used up: all {count} episodes were served and the match rules say exhausted = \"miss\"",
+                self.method, self.uri, self.cassette
+            );
+        }
         write!(
             f,
             "no recorded interaction in cassette '{}' matches {} {}",

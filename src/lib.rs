@@ -23,6 +23,7 @@ pub mod demo;
 pub mod emulate;
 pub mod error;
 pub mod graph;
+pub mod har;
 pub mod matching;
 pub mod proxy;
 pub mod record;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use graphvcr::app::{self, AppError};
-use graphvcr::cli::{CassetteCommand, Cli, Command, LogFormat};
+use graphvcr::cli::{CassetteCommand, Cli, Command, ExportFormat, LogFormat};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
 use graphvcr::store::Store;
@@ -77,60 +77,155 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
-    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<Store> {
+    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<(Store, Config)> {
         let config = Config::resolve_store(args).map_err(AppError::from)?;
-        let store =
-            Store::open(&config.path, config.cache_capacity_bytes).map_err(AppError::from)?;
-        Ok(store)
+        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)
+            .map_err(AppError::from)?;
+        store.start_flusher();
+        Ok((store, config))
     };
     let mut stdout = std::io::stdout().lock();
     match command {
         CassetteCommand::List(args) => {
-            let store = open(&args)?;
+            let (store, _) = open(&args)?;
             cassette::print_list(&store, &mut stdout)?;
         }
-        CassetteCommand::Show { name, store }
-        | CassetteCommand::Export {
-            name,
-            out: None,
-            store,
-        } => {
-            let store = open(&store)?;
-            let text = cassette::export_text(&cassette::export(&store, &name)?);
-            stdout
-                .write_all(text.as_bytes())
-                .context("cannot write output")?;
+        CassetteCommand::Show { name, store } => {
+            let (store, _) = open(&store)?;
+            cassette::print_show(&store, &name, &mut stdout)?;
         }
         CassetteCommand::Export {
             name,
-            out: Some(path),
+            format,
+            out,
+            base_url,
             store,
         } => {
-            let store = open(&store)?;
-            let text = cassette::export_text(&cassette::export(&store, &name)?);
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("exported cassette '{name}' to {}", path.display());
+            let (store, _) = open(&store)?;
+            let text = match format {
+                ExportFormat::Json => cassette::export_text(&cassette::export(&store, &name)?),
+                ExportFormat::Har => cassette::export_har(&store, &name, &base_url)?,
+            };
+            match out {
+                None => stdout
+                    .write_all(text.as_bytes())
+                    .context("cannot write output")?,
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("exported cassette '{name}' to {}", path.display());
+                }
+            }
         }
         CassetteCommand::Import {
             file,
             as_name,
             store,
         } => {
-            let store = open(&store)?;
-            let document = cassette::read_export_file(&file)?;
-            let (name, count) = cassette::import(&store, document, as_name.as_deref())?;
+            let (store, config) = open(&store)?;
+            let text = cassette::read_file(&file)?;
+            let imported =
+                cassette::parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?;
+            let name = as_name.unwrap_or(imported.cassette);
+            let count = cassette::import_interactions(
+                &store,
+                &name,
+                imported.interactions,
+                &config.matching,
+            )?;
             store.close()?;
             eprintln!("imported {count} interactions into cassette '{name}'");
         }
         CassetteCommand::Delete { name, store } => {
-            let store = open(&store)?;
-            store.start_flusher();
+            let (store, _) = open(&store)?;
             match store.delete_cassette(&name).await? {
                 Some(count) => eprintln!("deleted cassette '{name}' ({count} interactions)"),
                 None => anyhow::bail!("no cassette named '{name}'"),
             }
             store.close()?;
+        }
+        CassetteCommand::Prune {
+            name,
+            older_than,
+            store,
+        } => {
+            let age = humantime::parse_duration(&older_than).with_context(|| {
+                format!("--older-than {older_than:?} is not a duration like 30d or 12h")
+            })?;
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(age)
+                .context("--older-than reaches before the epoch")?;
+            let (store, _) = open(&store)?;
+            let removed = store.prune(&name, cutoff).await?;
+            store.close()?;
+            eprintln!(
+                "pruned {removed} interactions older than {older_than} from cassette '{name}'"
+            );
+        }
+        CassetteCommand::Verify {
+            name,
+            upstream,
+            upstream_ca,
+            headers,
+            all_methods,
+            ignore,
+            store,
+        } => {
+            let (store, mut config) = open(&store)?;
+            config.upstream.url = upstream;
+            config.upstream.ca_file = upstream_ca;
+            let client =
+                graphvcr::upstream::Upstream::new(&config.upstream).map_err(AppError::from)?;
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .with_context(|| format!("--header {h:?} is not `Name: value`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = cassette::VerifyOptions {
+                methods: if all_methods {
+                    Vec::new()
+                } else {
+                    vec!["GET".into(), "HEAD".into()]
+                },
+                headers,
+                ignore,
+            };
+            let verdicts =
+                cassette::verify(&store, &name, &client, &config.matching, &options).await?;
+            let changed = verdicts.iter().filter(|v| !v.changes.is_empty()).count();
+            for verdict in &verdicts {
+                let state = if verdict.changes.is_empty() {
+                    "same"
+                } else {
+                    "CHANGED"
+                };
+                writeln!(
+                    stdout,
+                    "{state:<8} {:>6}  {} {}",
+                    verdict.interaction, verdict.method, verdict.uri
+                )?;
+                for change in &verdict.changes {
+                    writeln!(stdout, "           {change}")?;
+                }
+            }
+            writeln!(
+                stdout,
+                "{} requests re-sent, {changed} changed",
+                verdicts.len()
+            )?;
+            if changed > 0 {
+                anyhow::bail!(
+                    "{changed} recorded answers in cassette '{name}' no longer match the upstream"
+                );
+            }
+        }
+        CassetteCommand::Suggest { name, store } => {
+            let (store, config) = open(&store)?;
+            let suggestions = cassette::suggest(&store, &name, &config.matching)?;
+            stdout.write_all(cassette::suggestions_toml(&name, &suggestions).as_bytes())?;
         }
     }
     Ok(())

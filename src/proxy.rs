@@ -15,14 +15,14 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::config::{validate_cassette_name, Mode, ProxyConfig};
+use crate::config::{validate_cassette_name, LeakGuard, MatchingConfig, Mode, ProxyConfig};
 use crate::error::{MissReport, Nearest, ProxyError};
 use crate::graph;
-use crate::matching::{self, MatchKey, Normalized};
+use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
-use crate::redact::Redactor;
+use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::Store;
+use crate::store::{EpisodePolicy, Lookup, Store};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// Request header: which cassette this request uses.
@@ -35,6 +35,8 @@ pub const OUTCOME_HEADER: &str = "x-graphvcr-outcome";
 pub const INTERACTION_HEADER: &str = "x-graphvcr-interaction";
 /// Response header: `index/count` of the replayed episode (1-based index).
 pub const EPISODE_HEADER: &str = "x-graphvcr-episode";
+/// Response header: set when the leak guard kept an exchange out of the cassette.
+pub const LEAK_GUARD_HEADER: &str = "x-graphvcr-leak-guard";
 /// Prefix of every header graphvcr owns; none is forwarded or stored.
 pub const CONTROL_PREFIX: &str = "x-graphvcr-";
 
@@ -94,6 +96,7 @@ pub struct Proxy {
 
 struct Shared {
     config: ProxyConfig,
+    matching: MatchingConfig,
     defaults: RwLock<Defaults>,
     store: Store,
     upstream: Upstream,
@@ -109,6 +112,8 @@ struct Served {
     interaction: Option<u64>,
     episode: Option<(usize, usize)>,
     upstream_latency: Option<Duration>,
+    /// Why the leak guard kept this exchange out of the cassette.
+    refused: Option<String>,
 }
 
 /// What a request resolved to before the mode runs.
@@ -122,10 +127,18 @@ struct Prepared {
     stored_request: RecordedRequest,
     normalized: Normalized,
     key: MatchKey,
+    fingerprint: u64,
+    policy: EpisodePolicy,
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig, store: Store, upstream: Upstream, redactor: Redactor) -> Self {
+    pub fn new(
+        config: ProxyConfig,
+        matching: MatchingConfig,
+        store: Store,
+        upstream: Upstream,
+        redactor: Redactor,
+    ) -> Self {
         let defaults = Defaults {
             mode: config.mode,
             cassette: config.cassette.clone(),
@@ -133,6 +146,7 @@ impl Proxy {
         Self {
             shared: Arc::new(Shared {
                 config,
+                matching,
                 defaults: RwLock::new(defaults),
                 store,
                 upstream,
@@ -165,9 +179,13 @@ impl Proxy {
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let path = request.uri().path().to_owned();
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        // Sanitized once: stored, matched and logged in this form.
+        let sanitized_uri = self.shared.redactor.uri(target);
+        let path = matching::path_of(&sanitized_uri).to_owned();
         let defaults = self.defaults();
-        let (response, outcome, status, detail) = match self.exchange(request, &defaults).await {
+        let exchange = self.exchange(request, &defaults, sanitized_uri);
+        let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
                 let outcome = served.outcome;
@@ -212,14 +230,22 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
     ) -> Result<(Served, String), ProxyError> {
-        let prepared = self.prepare(request, defaults).await?;
+        let prepared = self.prepare(request, defaults, sanitized_uri).await?;
         let cassette = prepared.cassette.clone();
         let served = match prepared.mode {
-            Mode::Replay => self.replay(&prepared)?,
+            Mode::Replay => match self.lookup(&prepared)? {
+                Lookup::Hit(episode) => replayed(*episode),
+                Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
+                Lookup::Absent => return Err(self.miss(&prepared, None)),
+            },
             Mode::Auto => match self.lookup(&prepared)? {
-                Some(served) => served,
-                None => self.forward(prepared, true).await?,
+                Lookup::Hit(episode) => replayed(*episode),
+                Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
+                    return Err(self.miss(&prepared, Some(count)))
+                }
+                Lookup::Exhausted { .. } | Lookup::Absent => self.forward(prepared, true).await?,
             },
             Mode::Record => self.forward(prepared, true).await?,
             Mode::Passthrough => self.forward(prepared, false).await?,
@@ -231,6 +257,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
+        sanitized_uri: String,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -264,20 +291,32 @@ impl Proxy {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
         let redactor = &self.shared.redactor;
+        let sanitized = redactor.message(&forward_headers, &body);
         let stored_request = RecordedRequest {
             method: parts.method.as_str().to_owned(),
-            uri: redactor.uri(&uri),
+            uri: sanitized_uri,
             host: None,
-            headers: redactor.headers(&forward_headers),
-            body: redactor.body(content_type, &body),
+            headers: sanitized.headers,
+            body: sanitized.body,
         };
-        let normalized = matching::normalize_recorded(&stored_request);
+        let rule_set = self.shared.matching.for_cassette(&cassette);
+        let rules = rule_set.rules_for(
+            &stored_request.method,
+            matching::path_of(&stored_request.uri),
+        );
+        let normalized = matching::normalize_recorded(&stored_request, rules);
         let key = normalized.key();
+        let recorded_after = match (mode, self.shared.config.max_age) {
+            (Mode::Auto, Some(max_age)) => SystemTime::now().checked_sub(max_age),
+            _ => None,
+        };
+        let policy = EpisodePolicy {
+            order: rules.order,
+            exhausted: rules.exhausted,
+            recorded_after,
+        };
+        let fingerprint = rule_set.fingerprint();
         Ok(Prepared {
             mode,
             cassette,
@@ -288,7 +327,13 @@ impl Proxy {
             stored_request,
             normalized,
             key,
+            fingerprint,
+            policy,
         })
+    }
+
+    fn rule_set(&self, cassette: &str) -> &RuleSet {
+        self.shared.matching.for_cassette(cassette)
     }
 
     async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
@@ -317,31 +362,24 @@ impl Proxy {
         }
     }
 
-    fn lookup(&self, prepared: &Prepared) -> Result<Option<Served>, ProxyError> {
-        let Some(episode) = self
-            .shared
-            .store
-            .next_episode(&prepared.cassette, &prepared.key)?
-        else {
-            return Ok(None);
-        };
-        let recorded = episode.interaction.response;
-        Ok(Some(Served {
-            status: StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
-            headers: record::headers_to_map(&recorded.headers),
-            body: recorded.body,
-            outcome: Outcome::Replayed,
-            interaction: Some(episode.interaction.id),
-            episode: Some((episode.index, episode.count)),
-            upstream_latency: None,
-        }))
+    fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
+        let store = &self.shared.store;
+        let rule_set = self.rule_set(&prepared.cassette);
+        store.ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
+            rule_set.key_of(i)
+        })?;
+        Ok(store.next_episode(
+            &prepared.cassette,
+            prepared.fingerprint,
+            &prepared.key,
+            prepared.policy,
+        )?)
     }
 
-    fn replay(&self, prepared: &Prepared) -> Result<Served, ProxyError> {
-        match self.lookup(prepared)? {
-            Some(served) => Ok(served),
-            None => Err(ProxyError::Miss(Box::new(self.miss_report(prepared)))),
-        }
+    fn miss(&self, prepared: &Prepared, exhausted_after: Option<usize>) -> ProxyError {
+        let mut report = self.miss_report(prepared);
+        report.exhausted_after = exhausted_after;
+        ProxyError::Miss(Box::new(report))
     }
 
     /// Ranks the cassette's requests with the same method: same path first, then fewest
@@ -356,9 +394,12 @@ impl Proxy {
             .interactions(&prepared.cassette, SCANNED)
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| i.request.method == received.method)
+            .filter(|i| i.request.method == prepared.stored_request.method)
             .map(|i| {
-                let recorded = matching::normalize_recorded(&i.request);
+                let rules = self
+                    .rule_set(&prepared.cassette)
+                    .rules_for(&i.request.method, matching::path_of(&i.request.uri));
+                let recorded = matching::normalize_recorded(&i.request, rules);
                 let differences = matching::differences(&recorded, received);
                 (
                     recorded.path != received.path,
@@ -376,9 +417,10 @@ impl Proxy {
         candidates.dedup_by(|a, b| a.2.uri == b.2.uri && a.2.differences == b.2.differences);
         MissReport {
             cassette: prepared.cassette.clone(),
-            method: received.method.clone(),
+            method: prepared.stored_request.method.clone(),
             uri: prepared.stored_request.uri.clone(),
             nearest: candidates.into_iter().take(SHOWN).map(|c| c.2).collect(),
+            exhausted_after: None,
         }
     }
 
@@ -408,12 +450,48 @@ impl Proxy {
                 interaction: None,
                 episode: None,
                 upstream_latency: Some(latency),
+                refused: None,
             });
         }
-        let redactor = &self.shared.redactor;
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
+        let sanitized = self.shared.redactor.message(&headers, &body);
+        let request_side = redact::Sanitized {
+            headers: prepared.stored_request.headers.clone(),
+            body: prepared.stored_request.body.clone(),
+        };
+        let leak = match self.shared.redactor.leak_guard() {
+            LeakGuard::Off => None,
+            _ => redact::find_leak(
+                &prepared.stored_request.uri,
+                &[("request", &request_side), ("response", &sanitized)],
+            ),
+        };
+        if let Some(field) = &leak {
+            tracing::warn!(
+                target: "graphvcr::leak_guard",
+                method = %prepared.stored_request.method,
+                path = %matching::path_of(&prepared.stored_request.uri),
+                found = %field,
+                "a value that looks like a secret survived sanitizing; add a sanitizer for it ([sanitize] in config.toml)"
+            );
+            if self.shared.redactor.leak_guard() == LeakGuard::Refuse {
+                return Ok(Served {
+                    status,
+                    headers,
+                    body,
+                    outcome: Outcome::Forwarded,
+                    interaction: None,
+                    episode: None,
+                    upstream_latency: Some(latency),
+                    refused: leak,
+                });
+            }
+        }
+        let rule_set = self.rule_set(&prepared.cassette);
+        self.shared
+            .store
+            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
+                rule_set.key_of(i)
+            })?;
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,
@@ -423,11 +501,15 @@ impl Proxy {
             request: prepared.stored_request,
             response: RecordedResponse {
                 status: status.as_u16(),
-                headers: redactor.headers(&headers),
-                body: redactor.body(content_type, &body),
+                headers: sanitized.headers,
+                body: sanitized.body,
             },
         };
-        let stored = self.shared.store.append(prepared.key, interaction).await?;
+        let stored = self
+            .shared
+            .store
+            .append(prepared.fingerprint, prepared.key, interaction)
+            .await?;
         Ok(Served {
             status,
             headers,
@@ -436,6 +518,7 @@ impl Proxy {
             interaction: Some(stored.id),
             episode: None,
             upstream_latency: Some(latency),
+            refused: None,
         })
     }
 
@@ -453,6 +536,9 @@ impl Proxy {
             if let Some((index, count)) = served.episode {
                 set(headers, EPISODE_HEADER, &format!("{}/{}", index + 1, count));
             }
+        }
+        if served.refused.is_some() {
+            set(response.headers_mut(), LEAK_GUARD_HEADER, "refused");
         }
         response
     }
@@ -509,6 +595,30 @@ impl Proxy {
         // graphvcr's own answers are always marked, whatever provenance_headers says.
         set(response.headers_mut(), OUTCOME_HEADER, outcome.as_str());
         response
+    }
+}
+
+fn replayed(episode: crate::store::Episode) -> Served {
+    let recorded = episode.interaction.response;
+    let mut headers = record::headers_to_map(&recorded.headers);
+    // A hand-edited import can carry a stale length; a wrong one would break the reply.
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        if length.to_str().ok() != Some(recorded.body.len().to_string().as_str()) {
+            headers.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(recorded.body.len()),
+            );
+        }
+    }
+    Served {
+        status: StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
+        headers,
+        body: recorded.body,
+        outcome: Outcome::Replayed,
+        interaction: Some(episode.interaction.id),
+        episode: Some((episode.index, episode.count)),
+        upstream_latency: None,
+        refused: None,
     }
 }
 

@@ -119,6 +119,23 @@ pub fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
+/// Decodes a gzip, deflate or brotli body, up to `limit` decoded bytes. `None` when the
+/// body is not encoded (or not in a way graphvcr knows), is corrupt, or is too large:
+/// callers then use the bytes as received.
+pub fn decode_body(encoding: Option<&str>, body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let encoding = encoding?.trim().to_ascii_lowercase();
+    let reader: Box<dyn Read + '_> = match encoding.as_str() {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(body)),
+        "br" => Box::new(brotli::Decompressor::new(body, 4096)),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    let read = reader.take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    (read <= limit).then_some(out)
+}
+
 mod base64_bytes {
     use super::*;
 
@@ -175,6 +192,9 @@ pub struct ExportedRequest {
     pub headers: Vec<Header>,
     #[serde(flatten)]
     pub body: ExportedBody,
+    /// For reading only: a compressed body decoded (JSON as a value). Import ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +204,17 @@ pub struct ExportedResponse {
     pub headers: Vec<Header>,
     #[serde(flatten)]
     pub body: ExportedBody,
+    /// For reading only: a compressed body decoded (JSON as a value). Import ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Value>,
+}
+
+/// A compressed body decoded for people: JSON as a value, else text, else nothing.
+fn decoded_for_display(headers: &[Header], body: &[u8]) -> Option<Value> {
+    let decoded = decode_body(header_value(headers, "content-encoding"), body, 64 << 20)?;
+    serde_json::from_slice(&decoded)
+        .ok()
+        .or_else(|| String::from_utf8(decoded).ok().map(Value::String))
 }
 
 /// A body in the most readable form that still gives back the exact bytes.
@@ -233,11 +264,19 @@ impl ExportedInteraction {
                 host: interaction.request.host.clone(),
                 headers: interaction.request.headers.clone(),
                 body: ExportedBody::from_bytes(&interaction.request.body),
+                decoded: decoded_for_display(
+                    &interaction.request.headers,
+                    &interaction.request.body,
+                ),
             },
             response: ExportedResponse {
                 status: interaction.response.status,
                 headers: interaction.response.headers.clone(),
                 body: ExportedBody::from_bytes(&interaction.response.body),
+                decoded: decoded_for_display(
+                    &interaction.response.headers,
+                    &interaction.response.body,
+                ),
             },
         }
     }

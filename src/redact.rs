@@ -1,12 +1,20 @@
-//! Credentials are removed here, before a request or response reaches the store or a
-//! log line. What is removed is listed in README.md and SECURITY-relevant: changing
-//! this module changes what can leak to disk.
+//! Credentials and configured sanitizers are applied here, before a request or response
+//! reaches the store or a log line; the leak guard then checks what survived. What is
+//! removed is listed in README.md: changing this module changes what can leak to disk.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use regex::Regex;
 use serde_json::Value;
 
-use crate::record::{headers_from_map, Header};
+use crate::config::{LeakGuard, SanitizeConfig};
+use crate::matching::replace_pointer;
+use crate::matching::rules::pointer_tokens;
+use crate::record::{decode_body, headers_from_map, Header};
 
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
@@ -32,20 +40,41 @@ pub const TOKEN_FIELDS: [&str; 7] = [
     "password",
 ];
 
-/// Removes credentials; cheap to clone and shared by every request.
+/// Sanitizes messages; cheap to clone and shared by every request.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    extra_headers: Vec<String>,
+    config: Arc<SanitizeConfig>,
+    /// How many values were replaced since start-up (for metrics).
+    redactions: Arc<AtomicU64>,
+}
+
+/// A message (headers and body) in the form that may be stored.
+#[derive(Debug, Clone)]
+pub struct Sanitized {
+    pub headers: Vec<Header>,
+    pub body: Bytes,
 }
 
 impl Redactor {
-    /// `extra_headers` are redacted on top of [`CREDENTIAL_HEADERS`].
-    pub fn new(extra_headers: &[String]) -> Self {
+    pub fn new(config: SanitizeConfig) -> Self {
         Self {
-            extra_headers: extra_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            config: Arc::new(config),
+            redactions: Arc::default(),
+        }
+    }
+
+    pub fn leak_guard(&self) -> LeakGuard {
+        self.config.leak_guard
+    }
+
+    /// Values replaced so far.
+    pub fn redaction_count(&self) -> u64 {
+        self.redactions.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: u64) {
+        if n > 0 {
+            self.redactions.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -54,7 +83,8 @@ impl Redactor {
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h))
             || self
-                .extra_headers
+                .config
+                .headers
                 .iter()
                 .any(|h| name.eq_ignore_ascii_case(h))
     }
@@ -63,52 +93,202 @@ impl Redactor {
     /// so a reader can still see that a token was sent.
     pub fn headers(&self, headers: &HeaderMap) -> Vec<Header> {
         let mut out = headers_from_map(headers);
+        let mut replaced = 0;
         for header in &mut out {
             if self.is_secret_header(&header.name) {
                 header.value = redacted_value(&header.name, &header.value_bytes());
                 header.binary = false;
+                replaced += 1;
             }
         }
+        self.count(replaced);
         out
     }
 
     /// The request target with token-bearing query parameters (OAuth fields, SAS `sig`)
-    /// replaced; other parameters stay byte-exact.
+    /// replaced and the configured regex replacements applied; other parts byte-exact.
     pub fn uri(&self, path_and_query: &str) -> String {
-        let Some((path, query)) = path_and_query.split_once('?') else {
-            return path_and_query.to_owned();
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
         };
-        let parts: Vec<String> = query
+        let mut path = Cow::Borrowed(path);
+        for replacement in self.config.replacements.iter().filter(|r| r.path) {
+            if let Cow::Owned(changed) = replacement
+                .pattern
+                .replace_all(&path, replacement.replacement.as_str())
+            {
+                self.count(1);
+                path = Cow::Owned(changed);
+            }
+        }
+        let Some(query) = query else {
+            return path.into_owned();
+        };
+        let mut query: String = query
             .split('&')
             .map(|part| match part.split_once('=') {
                 Some((name, _)) if is_token_field(name) || name.eq_ignore_ascii_case("sig") => {
+                    self.count(1);
                     format!("{name}=%5BREDACTED%5D")
                 }
                 _ => part.to_owned(),
             })
-            .collect();
-        format!("{path}?{}", parts.join("&"))
+            .collect::<Vec<_>>()
+            .join("&");
+        for replacement in self.config.replacements.iter().filter(|r| r.query) {
+            if let Cow::Owned(changed) = replacement
+                .pattern
+                .replace_all(&query, replacement.replacement.as_str())
+            {
+                self.count(1);
+                query = changed;
+            }
+        }
+        format!("{path}?{query}")
     }
 
-    /// A copy of `body` with token members replaced, or the same bytes when there were none.
+    /// Headers and body in storable form. A compressed body is kept as received unless
+    /// sanitizing changes it: then the sanitized, decoded body is kept and the
+    /// `Content-Encoding`/`Content-Length` headers are adjusted to match.
+    pub fn message(&self, headers: &HeaderMap, body: &Bytes) -> Sanitized {
+        let original_len = body.len();
+        let mut stored_headers = self.headers(headers);
+        let content_type = header(headers, "content-type");
+        let encoding = header(headers, "content-encoding");
+        let decoded = decode_body(encoding, body, DECODE_LIMIT).map(Bytes::from);
+        let plain = decoded.as_ref().unwrap_or(body);
+        let sanitized = self.body(content_type, plain);
+        let body = match decoded {
+            Some(decoded) if sanitized != decoded => {
+                stored_headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
+                sanitized
+            }
+            Some(_) => body.clone(),
+            None => sanitized,
+        };
+        if body.len() != original_len {
+            // The stored length must describe the stored body, or replay sends a broken message.
+            for header in stored_headers
+                .iter_mut()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            {
+                header.value = body.len().to_string();
+            }
+        }
+        Sanitized {
+            headers: stored_headers,
+            body,
+        }
+    }
+
+    /// A copy of a plain (not compressed) body with token members, configured JSON
+    /// Pointers and regex replacements applied; the same bytes when nothing matched.
     pub fn body(&self, content_type: Option<&str>, body: &Bytes) -> Bytes {
         if body.is_empty() {
             return body.clone();
         }
         let content_type = content_type.unwrap_or("").to_ascii_lowercase();
+        let mut out = body.clone();
         if content_type.contains("x-www-form-urlencoded") {
             if let Some(redacted) = redact_form(body) {
-                return redacted;
+                self.count(1);
+                out = redacted;
             }
         } else if content_type.contains("json") || body.first() == Some(&b'{') {
             if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
-                if redact_json(&mut value) {
-                    return Bytes::from(value.to_string());
+                let mut changed = redact_json(&mut value);
+                for pointer in &self.config.json_pointers {
+                    let redacted = Value::String(REDACTED.to_owned());
+                    changed |= replace_pointer(&mut value, &pointer_tokens(pointer), &redacted);
+                }
+                if changed {
+                    self.count(1);
+                    out = Bytes::from(value.to_string());
                 }
             }
         }
-        body.clone()
+        let body_replacements: Vec<_> =
+            self.config.replacements.iter().filter(|r| r.body).collect();
+        if !body_replacements.is_empty() {
+            if let Ok(text) = std::str::from_utf8(&out) {
+                let mut text = Cow::Borrowed(text);
+                for replacement in body_replacements {
+                    if let Cow::Owned(changed) = replacement
+                        .pattern
+                        .replace_all(&text, replacement.replacement.as_str())
+                    {
+                        self.count(1);
+                        text = Cow::Owned(changed);
+                    }
+                }
+                if let Cow::Owned(text) = text {
+                    out = Bytes::from(text);
+                }
+            }
+        }
+        out
     }
+}
+
+/// Decoded bodies larger than this are left as received.
+const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Patterns of values that look like secrets.
+fn leak_patterns() -> &'static [(&'static str, Regex)] {
+    static PATTERNS: OnceLock<Vec<(&'static str, Regex)>> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        [
+            (
+                "a JWT",
+                r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+            ),
+            (
+                "a client_secret",
+                r#"client_secret["']?\s*[=:]\s*["']?[^\s"'&\[%]"#,
+            ),
+            ("a SAS signature", r"(?i)[?&]sig=[A-Za-z0-9%+/=]{16,}"),
+            ("a bearer token", r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{20,}"),
+        ]
+        .into_iter()
+        .filter_map(|(name, pattern)| Regex::new(pattern).ok().map(|regex| (name, regex)))
+        .collect()
+    })
+}
+
+/// Where a secret-looking value survived sanitizing, as `"<kind> in <field>"`.
+pub fn find_leak(uri: &str, parts: &[(&str, &Sanitized)]) -> Option<String> {
+    let scan = |text: &str| {
+        leak_patterns()
+            .iter()
+            .find(|(_, regex)| regex.is_match(text))
+            .map(|(name, _)| *name)
+    };
+    if let Some(kind) = scan(uri) {
+        return Some(format!("{kind} in the request target"));
+    }
+    for (side, message) in parts {
+        for header in &message.headers {
+            if let Some(kind) = scan(&header.value) {
+                return Some(format!("{kind} in the {side} header {}", header.name));
+            }
+        }
+        let encoding = message
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+            .map(|h| h.value.as_str());
+        let decoded = decode_body(encoding, &message.body, DECODE_LIMIT);
+        let text = String::from_utf8_lossy(decoded.as_deref().unwrap_or(&message.body));
+        if let Some(kind) = scan(&text) {
+            return Some(format!("{kind} in the {side} body"));
+        }
+    }
+    None
 }
 
 fn redacted_value(name: &str, value: &[u8]) -> String {
@@ -172,6 +352,95 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn message(body: &str) -> Sanitized {
+        Sanitized {
+            headers: vec![Header::new("content-type", b"application/json")],
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_leak_guard_finds_surviving_secrets() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJl";
+        let check = |uri: &str, body: &str, expected: Option<&str>| {
+            let found = find_leak(uri, &[("response", &message(body))]);
+            assert_eq!(found.as_deref(), expected, "{uri} {body}");
+        };
+        check("/v1.0/me", r#"{"status":"compliant"}"#, None);
+        check(
+            "/v1.0/me",
+            &format!(r#"{{"token":"{jwt}"}}"#),
+            Some("a JWT in the response body"),
+        );
+        check(
+            "/x?sv=2020&sig=abcdefghijklmnop1234%3D",
+            "",
+            Some("a SAS signature in the request target"),
+        );
+        check("/x?sig=%5BREDACTED%5D", "", None);
+        check(
+            "/x",
+            "client_secret=abc&x=1",
+            Some("a client_secret in the response body"),
+        );
+        check("/x", "client_secret=%5BREDACTED%5D", None);
+        check(
+            "/x",
+            "Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+            Some("a bearer token in the response body"),
+        );
+        check("/x", "Bearer [REDACTED]", None);
+    }
+
+    #[test]
+    fn configured_sanitizers_apply_to_uri_and_body() {
+        let config: crate::config::FileSanitize = toml::from_str(
+            r#"
+            json_pointers = ["/userPrincipalName", "/value/*/userName"]
+            [[replace]]
+            pattern = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+            replacement = "00000000-0000-0000-0000-000000000000"
+            "#,
+        )
+        .expect("toml");
+        let redactor = Redactor::new(config.resolve().expect("valid"));
+        let uri = redactor.uri("/v1.0/x/2f0e1c3a-1b2c-4d5e-8f90-123456789abc?tenant=2f0e1c3a-1b2c-4d5e-8f90-123456789abc");
+        assert_eq!(uri, "/v1.0/x/00000000-0000-0000-0000-000000000000?tenant=00000000-0000-0000-0000-000000000000");
+        let body = Bytes::from_static(
+            br#"{"userPrincipalName":"ada@contoso.com","value":[{"userName":"Ada"}],"keep":1}"#,
+        );
+        let out = redactor.body(Some("application/json"), &body);
+        assert_eq!(
+            &out[..],
+            br#"{"userPrincipalName":"[REDACTED]","value":[{"userName":"[REDACTED]"}],"keep":1}"#
+        );
+        assert!(redactor.redaction_count() >= 3);
+    }
+
+    #[test]
+    fn compressed_bodies_stay_as_received_unless_sanitized() {
+        use std::io::Write;
+        let gzip = |text: &str| {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(text.as_bytes()).expect("gzip");
+            Bytes::from(encoder.finish().expect("gzip"))
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+        let clean = gzip(r#"{"status":"compliant"}"#);
+        let stored = Redactor::default().message(&headers, &clean);
+        assert_eq!(stored.body, clean, "kept as received");
+        let secret = gzip(r#"{"access_token":"abc","status":"compliant"}"#);
+        let stored = Redactor::default().message(&headers, &secret);
+        assert_eq!(
+            &stored.body[..],
+            br#"{"access_token":"[REDACTED]","status":"compliant"}"#
+        );
+        assert!(!stored.headers.iter().any(|h| h.name == "content-encoding"));
+    }
+
     #[test]
     fn credential_headers_are_replaced() {
         let mut headers = HeaderMap::new();
@@ -182,7 +451,11 @@ mod tests {
         headers.insert("cookie", HeaderValue::from_static("session=abc"));
         headers.insert("x-api-key", HeaderValue::from_static("k-123"));
         headers.insert("accept", HeaderValue::from_static("application/json"));
-        let redacted = Redactor::new(&["X-Api-Key".to_owned()]).headers(&headers);
+        let redacted = Redactor::new(SanitizeConfig {
+            headers: vec!["X-Api-Key".to_owned()],
+            ..SanitizeConfig::default()
+        })
+        .headers(&headers);
         let text = serde_json::to_string(&redacted).unwrap_or_default();
         for secret in ["eyJ.secret.sig", "session=abc", "k-123"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");

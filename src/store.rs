@@ -1,22 +1,27 @@
 //! The cassette store: the only module that touches sled.
 //!
-//! Layout: one tree of interactions keyed `cassette \0 match-key(32) id(8, big-endian)`,
-//! so all episodes of one request sit together in recording order and a lookup is one
-//! prefix scan of that request's own episodes, never of the cassette. A second tree
-//! lists cassette names.
+//! Layout (sled trees; ids are big-endian `u64`, increasing in recording order):
+//! - `interactions`: `cassette \0 id` -> the stored interaction (recording order);
+//! - `index`: `cassette \0 rules-fingerprint(8) match-key(32) id` -> nothing. All episodes
+//!   of one request sit together, so a lookup is one prefix scan of that request's own
+//!   episodes, never of the cassette;
+//! - `indexes`: `cassette \0 rules-fingerprint` -> nothing: the index for these rules is
+//!   complete. When the match rules change, the cassette is re-indexed once, on first use;
+//! - `cassettes`: cassette names.
 //!
 //! Durability is group commit: writers insert, then wait on a shared flusher that runs
 //! one `flush` for every writer that arrived while the previous flush ran. Concurrent
 //! requests share fsyncs instead of queueing behind each other's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::matching::MatchKey;
+use crate::matching::{Exhausted, MatchKey, ReplayOrder};
 use crate::record::{Interaction, SCHEMA_VERSION};
 
 /// File in the store directory naming the process that holds it.
@@ -73,6 +78,30 @@ pub struct Episode {
     pub count: usize,
 }
 
+/// How an episode is chosen among the recordings of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct EpisodePolicy {
+    pub order: ReplayOrder,
+    pub exhausted: Exhausted,
+    /// Recordings made before this instant count as absent (`auto`'s `max_age`).
+    pub recorded_after: Option<SystemTime>,
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Box<Episode>),
+    /// Recorded, but every episode has been served and the policy says stop.
+    Exhausted {
+        count: usize,
+    },
+    /// Never recorded (or only too long ago).
+    Absent,
+}
+
+/// Computes a stored request's match key under the rules in force.
+pub type KeyFn<'a> = &'a (dyn Fn(&Interaction) -> MatchKey + Sync);
+
 type FlushWaiter = oneshot::Sender<Result<(), String>>;
 
 /// Handle to the open store; clones share one sled database.
@@ -85,9 +114,15 @@ struct Inner {
     path: PathBuf,
     db: sled::Db,
     interactions: sled::Tree,
+    index: sled::Tree,
+    indexes: sled::Tree,
     cassettes: sled::Tree,
-    /// Episodes served so far per `cassette \0 key`, for sequential replay.
+    /// Episodes served so far per index prefix, for sequential replay.
     cursors: Mutex<HashMap<Vec<u8>, usize>>,
+    /// `cassette \0 fingerprint` of indexes known complete, to skip the sled check.
+    complete: Mutex<HashSet<Vec<u8>>>,
+    /// Serialises index builds and writes that must see a consistent index state.
+    index_lock: Mutex<()>,
     flush_requests: mpsc::UnboundedSender<FlushWaiter>,
     flush_receiver: Mutex<Option<mpsc::UnboundedReceiver<FlushWaiter>>>,
 }
@@ -106,6 +141,8 @@ impl Store {
             .open()
             .map_err(|error| classify_open_error(path, error))?;
         let interactions = db.open_tree("interactions")?;
+        let index = db.open_tree("index")?;
+        let indexes = db.open_tree("indexes")?;
         let cassettes = db.open_tree("cassettes")?;
         let (flush_requests, flush_receiver) = mpsc::unbounded_channel();
         Ok(Self {
@@ -113,8 +150,12 @@ impl Store {
                 path: path.to_owned(),
                 db,
                 interactions,
+                index,
+                indexes,
                 cassettes,
                 cursors: Mutex::new(HashMap::new()),
+                complete: Mutex::new(HashSet::new()),
+                index_lock: Mutex::new(()),
                 flush_requests,
                 flush_receiver: Mutex::new(Some(flush_receiver)),
             }),
@@ -151,14 +192,18 @@ impl Store {
         let Some(mut receiver) = receiver else {
             return;
         };
-        let db = self.inner.db.clone();
+        // A weak handle: the flusher must not keep the database (and its lock) alive once
+        // every `Store` clone is gone; the channel then closes and the task ends.
+        let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut waiters = vec![first];
                 while let Ok(next) = receiver.try_recv() {
                     waiters.push(next);
                 }
-                let db = db.clone();
+                let Some(db) = inner.upgrade().map(|inner| inner.db.clone()) else {
+                    break;
+                };
                 let result = match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(error)) => Err(error.to_string()),
@@ -191,69 +236,225 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `interaction` under `key` and returns once it is durable. Assigns the id.
+    /// Stores `interaction` (indexed for the rules `fingerprint` under `key`) and returns
+    /// once it is durable. Assigns the id.
     pub async fn append(
         &self,
+        fingerprint: u64,
         key: MatchKey,
-        mut interaction: Interaction,
+        interaction: Interaction,
     ) -> Result<Interaction, StoreError> {
-        self.insert(key, &mut interaction)?;
+        let mut stored = self.insert_all(fingerprint, vec![(key, interaction)])?;
         self.flush().await?;
-        Ok(interaction)
+        stored.pop().ok_or(StoreError::Closed)
     }
 
-    /// Inserts without waiting for durability (imports flush once at the end).
-    fn insert(&self, key: MatchKey, interaction: &mut Interaction) -> Result<(), StoreError> {
-        interaction.id = self.inner.db.generate_id()?;
-        interaction.schema = SCHEMA_VERSION;
-        let mut record_key = episode_prefix(&interaction.cassette, &key);
-        record_key.extend_from_slice(&interaction.id.to_be_bytes());
-        if !self
+    /// Inserts interactions in order (later ones become later episodes), indexed for the
+    /// rules `fingerprint`. Not yet durable: call [`Store::flush`] or [`Store::flush_now`].
+    pub fn insert_all(
+        &self,
+        fingerprint: u64,
+        records: Vec<(MatchKey, Interaction)>,
+    ) -> Result<Vec<Interaction>, StoreError> {
+        let _guard = self
             .inner
-            .cassettes
-            .contains_key(interaction.cassette.as_bytes())?
-        {
+            .index_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut stored = Vec::with_capacity(records.len());
+        let mut touched: Vec<String> = Vec::new();
+        for (key, mut interaction) in records {
+            let cassette = interaction.cassette.clone();
+            if !touched.contains(&cassette) {
+                self.prepare_cassette_for_insert(&cassette, fingerprint)?;
+                touched.push(cassette.clone());
+            }
+            interaction.id = self.inner.db.generate_id()?;
+            interaction.schema = SCHEMA_VERSION;
+            let id = interaction.id.to_be_bytes();
+            let mut data_key = cassette_prefix(&cassette);
+            data_key.extend_from_slice(&id);
+            let mut index_key = episode_prefix(&cassette, fingerprint, &key);
+            index_key.extend_from_slice(&id);
+            self.inner
+                .interactions
+                .insert(data_key, interaction.to_bytes())?;
+            self.inner.index.insert(index_key, &[][..])?;
+            stored.push(interaction);
+        }
+        Ok(stored)
+    }
+
+    /// Before inserting under `fingerprint`: a new cassette gets a complete (empty) index
+    /// for it; indexes for other rules stop being complete.
+    fn prepare_cassette_for_insert(
+        &self,
+        cassette: &str,
+        fingerprint: u64,
+    ) -> Result<(), StoreError> {
+        let prefix = cassette_prefix(cassette);
+        if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
             self.inner
                 .cassettes
-                .insert(interaction.cassette.as_bytes(), &b"{}"[..])?;
+                .insert(cassette.as_bytes(), &b"{}"[..])?;
         }
-        self.inner
+        let empty = self
+            .inner
             .interactions
-            .insert(record_key, interaction.to_bytes())?;
+            .scan_prefix(&prefix)
+            .next()
+            .is_none();
+        let marker = index_marker(cassette, fingerprint);
+        let mut complete = self
+            .inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for stale in self.inner.indexes.scan_prefix(&prefix).keys() {
+            let stale = stale?;
+            if stale != marker[..] {
+                self.inner.indexes.remove(&stale)?;
+                complete.remove(stale.as_ref());
+            }
+        }
+        if empty {
+            self.inner.indexes.insert(&marker, &[][..])?;
+            complete.insert(marker);
+        }
         Ok(())
     }
 
-    /// The next episode for `key` in `cassette`: recorded order, and after the last one
-    /// the last keeps answering. `None` when the request was never recorded.
+    /// Makes sure `cassette` is indexed for the rules `fingerprint`, building the index
+    /// from the stored interactions (once) when the rules have changed since.
+    pub fn ensure_index(
+        &self,
+        cassette: &str,
+        fingerprint: u64,
+        key_of: KeyFn<'_>,
+    ) -> Result<(), StoreError> {
+        let marker = index_marker(cassette, fingerprint);
+        if self
+            .inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&marker)
+        {
+            return Ok(());
+        }
+        let _guard = self
+            .inner
+            .index_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !self.inner.indexes.contains_key(&marker)? {
+            let mut fingerprint_prefix = cassette_prefix(cassette);
+            fingerprint_prefix.extend_from_slice(&fingerprint.to_be_bytes());
+            for key in self.inner.index.scan_prefix(&fingerprint_prefix).keys() {
+                self.inner.index.remove(key?)?;
+            }
+            let mut count = 0usize;
+            for entry in self
+                .inner
+                .interactions
+                .scan_prefix(cassette_prefix(cassette))
+            {
+                let (data_key, value) = entry?;
+                let interaction = decode(&data_key, &value)?;
+                let mut index_key = episode_prefix(cassette, fingerprint, &key_of(&interaction));
+                index_key.extend_from_slice(&interaction.id.to_be_bytes());
+                self.inner.index.insert(index_key, &[][..])?;
+                count += 1;
+            }
+            self.inner.indexes.insert(&marker, &[][..])?;
+            tracing::info!(
+                cassette,
+                interactions = count,
+                "indexed cassette for the current match rules"
+            );
+        }
+        self.inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(marker);
+        Ok(())
+    }
+
+    /// The episode that answers `key` in `cassette` under `policy`. Call
+    /// [`Store::ensure_index`] for the same fingerprint first.
     pub fn next_episode(
         &self,
         cassette: &str,
+        fingerprint: u64,
         key: &MatchKey,
-    ) -> Result<Option<Episode>, StoreError> {
-        let prefix = episode_prefix(cassette, key);
-        let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
-        let served = cursors.get(&prefix).copied().unwrap_or(0);
-        let mut count = 0;
-        let mut chosen = None;
-        for entry in self.inner.interactions.scan_prefix(&prefix) {
-            let (record_key, value) = entry?;
-            if count <= served {
-                chosen = Some((record_key, value));
+        policy: EpisodePolicy,
+    ) -> Result<Lookup, StoreError> {
+        let prefix = episode_prefix(cassette, fingerprint, key);
+        let mut ids: Vec<[u8; 8]> = Vec::new();
+        for index_key in self.inner.index.scan_prefix(&prefix).keys() {
+            let index_key = index_key?;
+            let mut id = [0u8; 8];
+            if let Some(tail) = index_key.get(index_key.len().saturating_sub(8)..) {
+                id.copy_from_slice(tail);
             }
-            count += 1;
+            ids.push(id);
         }
-        let Some((record_key, value)) = chosen else {
-            return Ok(None);
+        let mut episodes: Vec<(Vec<u8>, Option<Interaction>)> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut data_key = cassette_prefix(cassette);
+            data_key.extend_from_slice(&id);
+            episodes.push((data_key, None));
+        }
+        if let Some(cutoff) = policy.recorded_after {
+            let mut fresh = Vec::with_capacity(episodes.len());
+            for (data_key, _) in episodes {
+                let Some(value) = self.inner.interactions.get(&data_key)? else {
+                    continue;
+                };
+                let interaction = decode(&data_key, &value)?;
+                let recorded = humantime::parse_rfc3339_weak(&interaction.recorded_at).ok();
+                if recorded.is_some_and(|at| at >= cutoff) {
+                    fresh.push((data_key, Some(interaction)));
+                }
+            }
+            episodes = fresh;
+        }
+        let count = episodes.len();
+        if count == 0 {
+            return Ok(Lookup::Absent);
+        }
+        let index = {
+            let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
+            let served = cursors.entry(prefix).or_insert(0);
+            let chosen = match (policy.order, policy.exhausted) {
+                (ReplayOrder::First, _) => Some(0),
+                (ReplayOrder::Sequential, _) if *served < count => Some(*served),
+                (ReplayOrder::Sequential, Exhausted::RepeatLast) => Some(count - 1),
+                (ReplayOrder::Sequential, Exhausted::Cycle) => Some(*served % count),
+                (ReplayOrder::Sequential, Exhausted::Miss | Exhausted::Forward) => None,
+            };
+            if chosen.is_some() {
+                *served = served.saturating_add(1);
+            }
+            chosen
         };
-        let index = served.min(count - 1);
-        cursors.insert(prefix, served.saturating_add(1));
-        drop(cursors);
-        let interaction = decode(&record_key, &value)?;
-        Ok(Some(Episode {
+        let Some(index) = index else {
+            return Ok(Lookup::Exhausted { count });
+        };
+        let (data_key, decoded) = episodes.swap_remove(index);
+        let interaction = match decoded {
+            Some(interaction) => interaction,
+            None => match self.inner.interactions.get(&data_key)? {
+                Some(value) => decode(&data_key, &value)?,
+                None => return Ok(Lookup::Absent),
+            },
+        };
+        Ok(Lookup::Hit(Box::new(Episode {
             interaction,
             index,
             count,
-        }))
+        })))
     }
 
     /// Forgets how far sequential replay has got, for every cassette.
@@ -265,20 +466,76 @@ impl Store {
             .clear();
     }
 
-    /// Up to `limit` interactions of `cassette`, in key order (grouped by request).
+    /// Up to `limit` interactions of `cassette`, in recording order.
     pub fn interactions(
         &self,
         cassette: &str,
         limit: usize,
     ) -> Result<Vec<Interaction>, StoreError> {
-        let mut prefix = cassette.as_bytes().to_vec();
-        prefix.push(0);
         let mut out = Vec::new();
-        for entry in self.inner.interactions.scan_prefix(&prefix).take(limit) {
+        for entry in self
+            .inner
+            .interactions
+            .scan_prefix(cassette_prefix(cassette))
+            .take(limit)
+        {
             let (key, value) = entry?;
             out.push(decode(&key, &value)?);
         }
         Ok(out)
+    }
+
+    /// Removes interactions recorded before `cutoff`; returns how many. Indexes of the
+    /// cassette are rebuilt on next use.
+    pub async fn prune(&self, cassette: &str, cutoff: SystemTime) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        {
+            let _guard = self
+                .inner
+                .index_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for entry in self
+                .inner
+                .interactions
+                .scan_prefix(cassette_prefix(cassette))
+            {
+                let (key, value) = entry?;
+                let interaction = decode(&key, &value)?;
+                let old = humantime::parse_rfc3339_weak(&interaction.recorded_at)
+                    .is_ok_and(|at| at < cutoff);
+                if old {
+                    self.inner.interactions.remove(&key)?;
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                self.drop_indexes(cassette)?;
+            }
+        }
+        self.flush().await?;
+        Ok(removed)
+    }
+
+    fn drop_indexes(&self, cassette: &str) -> Result<(), StoreError> {
+        let prefix = cassette_prefix(cassette);
+        for key in self.inner.index.scan_prefix(&prefix).keys() {
+            self.inner.index.remove(key?)?;
+        }
+        for key in self.inner.indexes.scan_prefix(&prefix).keys() {
+            self.inner.indexes.remove(key?)?;
+        }
+        self.inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| !k.starts_with(&prefix));
+        self.inner
+            .cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !k.starts_with(&prefix));
+        Ok(())
     }
 
     /// Every cassette with its interaction count.
@@ -287,9 +544,12 @@ impl Store {
         for entry in self.inner.cassettes.iter() {
             let (name, _) = entry?;
             let name = String::from_utf8_lossy(&name).into_owned();
-            let mut prefix = name.as_bytes().to_vec();
-            prefix.push(0);
-            let interactions = self.inner.interactions.scan_prefix(&prefix).keys().count() as u64;
+            let interactions = self
+                .inner
+                .interactions
+                .scan_prefix(cassette_prefix(&name))
+                .keys()
+                .count() as u64;
             out.push(CassetteInfo { name, interactions });
         }
         Ok(out)
@@ -297,38 +557,31 @@ impl Store {
 
     /// Removes a cassette; returns how many interactions it held, or `None` if unknown.
     pub async fn delete_cassette(&self, cassette: &str) -> Result<Option<u64>, StoreError> {
-        if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
-            return Ok(None);
-        }
-        let mut prefix = cassette.as_bytes().to_vec();
-        prefix.push(0);
-        let mut removed = 0;
-        for key in self.inner.interactions.scan_prefix(&prefix).keys() {
-            self.inner.interactions.remove(key?)?;
-            removed += 1;
-        }
-        self.inner.cassettes.remove(cassette.as_bytes())?;
-        self.inner
-            .cursors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| !k.starts_with(&prefix));
+        let removed = {
+            let _guard = self
+                .inner
+                .index_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
+                return Ok(None);
+            }
+            let mut removed = 0;
+            for key in self
+                .inner
+                .interactions
+                .scan_prefix(cassette_prefix(cassette))
+                .keys()
+            {
+                self.inner.interactions.remove(key?)?;
+                removed += 1;
+            }
+            self.drop_indexes(cassette)?;
+            self.inner.cassettes.remove(cassette.as_bytes())?;
+            removed
+        };
         self.flush().await?;
         Ok(Some(removed))
-    }
-
-    /// Inserts already-built interactions (an import), keeping their order as episodes.
-    pub fn insert_all(
-        &self,
-        records: impl IntoIterator<Item = (MatchKey, Interaction)>,
-    ) -> Result<usize, StoreError> {
-        let mut count = 0;
-        for (key, mut interaction) in records {
-            self.insert(key, &mut interaction)?;
-            count += 1;
-        }
-        self.flush_now()?;
-        Ok(count)
     }
 
     /// Total bytes sled reports on disk.
@@ -342,12 +595,40 @@ impl Store {
         let _ = std::fs::remove_file(self.inner.path.join(OWNER_FILE));
         Ok(())
     }
+
+    /// Closes the store and releases its lock, so the same process can open it again.
+    /// Fails if another clone of this handle is still alive.
+    pub fn close_and_release(self) -> Result<(), StoreError> {
+        self.close()?;
+        let path = self.inner.path.clone();
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                drop(inner);
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Io(format!(
+                "cassette store {} is still in use inside this process",
+                path.display()
+            ))),
+        }
+    }
 }
 
-fn episode_prefix(cassette: &str, key: &MatchKey) -> Vec<u8> {
-    let mut prefix = Vec::with_capacity(cassette.len() + 1 + 32 + 8);
+fn cassette_prefix(cassette: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(cassette.len() + 1 + 8 + 32 + 8);
     prefix.extend_from_slice(cassette.as_bytes());
     prefix.push(0);
+    prefix
+}
+
+fn index_marker(cassette: &str, fingerprint: u64) -> Vec<u8> {
+    let mut marker = cassette_prefix(cassette);
+    marker.extend_from_slice(&fingerprint.to_be_bytes());
+    marker
+}
+
+fn episode_prefix(cassette: &str, fingerprint: u64, key: &MatchKey) -> Vec<u8> {
+    let mut prefix = index_marker(cassette, fingerprint);
     prefix.extend_from_slice(&key.0);
     prefix
 }
@@ -427,18 +708,37 @@ mod tests {
         let key = MatchKey([7; 32]);
         for status in [429, 200] {
             store
-                .append(key, interaction("c", status))
+                .append(1, key, interaction("c", status))
                 .await
                 .expect("append");
         }
-        let statuses: Vec<(u16, usize)> = (0..4)
-            .map(|_| {
-                let episode = store.next_episode("c", &key).expect("read").expect("hit");
-                (episode.interaction.response.status, episode.index)
-            })
-            .collect();
-        assert_eq!(statuses, vec![(429, 0), (200, 1), (200, 1), (200, 1)]);
-        assert!(store.next_episode("other", &key).expect("read").is_none());
+        let policy = |exhausted| EpisodePolicy {
+            order: ReplayOrder::Sequential,
+            exhausted,
+            recorded_after: None,
+        };
+        let served = |exhausted| match store
+            .next_episode("c", 1, &key, policy(exhausted))
+            .expect("read")
+        {
+            Lookup::Hit(episode) => {
+                format!("{}#{}", episode.interaction.response.status, episode.index)
+            }
+            Lookup::Exhausted { count } => format!("exhausted after {count}"),
+            Lookup::Absent => "absent".to_owned(),
+        };
+        let repeat: Vec<String> = (0..4).map(|_| served(Exhausted::RepeatLast)).collect();
+        assert_eq!(repeat, ["429#0", "200#1", "200#1", "200#1"]);
+        store.reset_cursors();
+        let cycle: Vec<String> = (0..3).map(|_| served(Exhausted::Cycle)).collect();
+        assert_eq!(cycle, ["429#0", "200#1", "429#0"]);
+        store.reset_cursors();
+        let miss: Vec<String> = (0..3).map(|_| served(Exhausted::Miss)).collect();
+        assert_eq!(miss, ["429#0", "200#1", "exhausted after 2"]);
+        assert!(matches!(
+            store.next_episode("other", 1, &key, policy(Exhausted::RepeatLast)),
+            Ok(Lookup::Absent)
+        ));
         assert_eq!(
             store.cassettes().expect("list"),
             vec![CassetteInfo {
@@ -446,6 +746,46 @@ mod tests {
                 interactions: 2
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn changed_rules_reindex_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher();
+        store
+            .append(1, MatchKey([1; 32]), interaction("c", 200))
+            .await
+            .expect("append");
+        let policy = EpisodePolicy {
+            order: ReplayOrder::First,
+            exhausted: Exhausted::RepeatLast,
+            recorded_after: None,
+        };
+        store
+            .ensure_index("c", 2, &|_| MatchKey([2; 32]))
+            .expect("index");
+        assert!(matches!(
+            store.next_episode("c", 2, &MatchKey([2; 32]), policy),
+            Ok(Lookup::Hit(_))
+        ));
+        assert!(matches!(
+            store.next_episode("c", 2, &MatchKey([1; 32]), policy),
+            Ok(Lookup::Absent)
+        ));
+        // Writing under fingerprint 2 makes the index for 1 stale: it is rebuilt on use.
+        store
+            .append(2, MatchKey([2; 32]), interaction("c", 201))
+            .await
+            .expect("append");
+        store
+            .ensure_index("c", 1, &|i| MatchKey([i.response.status as u8; 32]))
+            .expect("reindex");
+        assert!(matches!(
+            store.next_episode("c", 1, &MatchKey([201u16 as u8; 32]), policy),
+            Ok(Lookup::Hit(_))
+        ));
+        assert_eq!(store.interactions("c", 10).expect("list").len(), 2);
     }
 
     #[test]

@@ -172,31 +172,28 @@ impl Upstream {
     fn classify(&self, error: &(dyn StdError + 'static)) -> UpstreamError {
         let upstream = self.origin.clone();
         let detail = error_chain(error);
-        let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-        let mut connect_phase = false;
-        while let Some(current) = source {
-            if let Some(client_error) = current.downcast_ref::<hyper_util::client::legacy::Error>()
-            {
-                connect_phase |= client_error.is_connect();
-            }
-            if current.downcast_ref::<rustls::Error>().is_some() {
-                return UpstreamError::Tls { upstream, detail };
-            }
-            if let Some(io) = current.downcast_ref::<std::io::Error>() {
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-                {
-                    return UpstreamError::Tls { upstream, detail };
-                }
-                if io.kind() == std::io::ErrorKind::TimedOut {
-                    return UpstreamError::Timeout {
-                        upstream,
-                        timeout: self.response_timeout,
-                    };
-                }
-            }
-            source = current.source();
+        let causes = causes(error);
+        let connect_phase = causes.iter().any(|cause| {
+            cause
+                .downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_some_and(|e| e.is_connect())
+        });
+        if causes
+            .iter()
+            .any(|cause| cause.downcast_ref::<rustls::Error>().is_some())
+        {
+            return UpstreamError::Tls { upstream, detail };
+        }
+        let timed_out = causes.iter().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            return UpstreamError::Timeout {
+                upstream,
+                timeout: self.response_timeout,
+            };
         }
         if connect_phase {
             UpstreamError::Unreachable { upstream, detail }
@@ -204,6 +201,29 @@ impl Upstream {
             UpstreamError::Broken { upstream, detail }
         }
     }
+}
+
+/// Every error in the chain. `io::Error` hides the error it wraps from `source()` (it
+/// forwards to the wrapped error's own source), so wrapped errors are visited through
+/// `get_ref` too: that is where rustls puts its certificate errors.
+fn causes<'a>(error: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut out: Vec<&'a (dyn StdError + 'static)> = Vec::new();
+    let mut pending = vec![error];
+    while let Some(current) = pending.pop() {
+        if out.len() > 32 {
+            break;
+        }
+        out.push(current);
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                pending.push(inner);
+            }
+        }
+        if let Some(source) = current.source() {
+            pending.push(source);
+        }
+    }
+    out
 }
 
 /// `outer: inner: innermost`, skipping repeats, for messages that name the real cause.

@@ -534,3 +534,71 @@ async fn sigterm_drains_and_exits_zero() {
     );
     drop(again);
 }
+
+#[tokio::test]
+async fn the_demo_runs_offline_and_passes() {
+    let scratch = Scratch::new();
+    let (status, stdout, stderr) = run(&["demo"], scratch.path());
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("demo passed"), "{stdout}");
+    assert!(
+        stdout.contains("(replayed)") && stdout.contains("(miss)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_rewrites_host_and_drops_hop_by_hop_and_own_headers() {
+    let scratch = Scratch::new();
+    let upstream = TestUpstream::start(|seen| {
+        let headers: serde_json::Map<String, serde_json::Value> = seen
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let echo = serde_json::json!({
+            "method": seen.parts.method.as_str(),
+            "uri": seen.parts.uri.to_string(),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&seen.body),
+        });
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            echo.to_string(),
+        )))
+    })
+    .await;
+    let proxy = proxy(&scratch, "passthrough", &upstream.url(), &[]);
+    let answer = Http::new()
+        .send(
+            "PATCH",
+            &proxy.url("/v1.0//deviceManagement/x?b=2&a=1"),
+            &[
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("x-graphvcr-cassette", "c"),
+                ("authorization", "Bearer real-token"),
+                ("content-type", "application/json"),
+            ],
+            SEED_BODY,
+        )
+        .await;
+    let echo = answer.json();
+    assert_eq!(echo["method"], "PATCH");
+    assert_eq!(
+        echo["uri"], "/v1.0//deviceManagement/x?b=2&a=1",
+        "path and query byte-exact"
+    );
+    assert_eq!(echo["headers"]["host"], upstream.addr.to_string());
+    assert_eq!(
+        echo["headers"]["authorization"], "Bearer real-token",
+        "the upstream gets the real token"
+    );
+    for dropped in ["x-hop", "connection", "x-graphvcr-cassette"] {
+        assert!(
+            echo["headers"].get(dropped).is_none(),
+            "{dropped} was forwarded: {echo}"
+        );
+    }
+    assert_eq!(echo["body"], SEED_BODY);
+}

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, real processes on 127.0.0.1 ephemeral ports.
 
 mod core;
+mod rules;
 mod support;

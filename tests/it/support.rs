@@ -394,3 +394,76 @@ pub fn file_count(dir: &Path) -> usize {
     }
     count
 }
+
+/// What an in-test upstream sees of a request.
+pub struct Seen {
+    pub parts: http::request::Parts,
+    pub body: Bytes,
+}
+
+type Respond = dyn Fn(&Seen) -> http::Response<Full<Bytes>> + Send + Sync;
+
+struct FnHandler(std::sync::Arc<Respond>);
+
+impl graphvcr::server::Handler for FnHandler {
+    fn call(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        _peer: SocketAddr,
+    ) -> graphvcr::server::ResponseFuture {
+        let respond = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            respond(&Seen { parts, body })
+        })
+    }
+}
+
+/// An in-process upstream on 127.0.0.1 answering with `respond`; stops when dropped.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestUpstream {
+    pub async fn start(
+        respond: impl Fn(&Seen) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handler = std::sync::Arc::new(FnHandler(std::sync::Arc::new(respond)));
+        tokio::spawn(graphvcr::server::serve(
+            listener,
+            None,
+            graphvcr::server::Limits::default(),
+            handler,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

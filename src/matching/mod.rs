@@ -16,8 +16,16 @@
 
 use std::fmt::Write as _;
 
+mod diff;
+pub mod rules;
+
+pub use diff::{differences, Difference};
+pub use rules::{BodyMatch, Exhausted, MatchRules, ReplayOrder, RuleSet};
+
 use bytes::Bytes;
 use serde_json::Value;
+
+use crate::record::{decode_body, header_value, Header, RecordedRequest};
 
 /// The parts of a request that take part in matching, borrowed from wherever they live.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +36,10 @@ pub struct RequestView<'a> {
     /// Path and query as received (`/v1.0/me?$select=id`).
     pub path_and_query: &'a str,
     pub content_type: Option<&'a str>,
+    /// `Content-Encoding` of the body: gzip, deflate and br bodies are decoded for matching.
+    pub content_encoding: Option<&'a str>,
+    /// Request headers (after redaction); only those the rules name take part.
+    pub headers: &'a [Header],
     pub body: &'a [u8],
 }
 
@@ -39,6 +51,8 @@ pub struct Normalized {
     pub path: String,
     /// Sorted `(name, value)` pairs.
     pub query: Vec<(String, String)>,
+    /// The headers the rules name: sorted `(lower-case name, value)` pairs.
+    pub headers: Vec<(String, String)>,
     pub body: NormalBody,
 }
 
@@ -62,32 +76,88 @@ impl MatchKey {
     }
 }
 
-/// Normalises a stored (already redacted) request. The live request is redacted the
-/// same way first, so both sides are compared in the same form.
-pub fn normalize_recorded(request: &crate::record::RecordedRequest) -> Normalized {
-    normalize(&RequestView {
+/// Normalises a stored (already sanitized) request under `rules`. The live request is
+/// sanitized the same way first, so both sides are compared in the same form.
+pub fn normalize_recorded(request: &RecordedRequest, rules: &MatchRules) -> Normalized {
+    normalize(&view_of(request), rules)
+}
+
+/// A stored request seen as a [`RequestView`].
+pub fn view_of(request: &RecordedRequest) -> RequestView<'_> {
+    RequestView {
         method: &request.method,
         host: request.host.as_deref(),
         path_and_query: &request.uri,
-        content_type: crate::record::header_value(&request.headers, "content-type"),
+        content_type: header_value(&request.headers, "content-type"),
+        content_encoding: header_value(&request.headers, "content-encoding"),
+        headers: &request.headers,
         body: &request.body,
-    })
+    }
 }
 
-/// Normalises a request under the default rules.
-pub fn normalize(request: &RequestView<'_>) -> Normalized {
+/// The path part of a request target.
+pub fn path_of(path_and_query: &str) -> &str {
+    path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path)
+}
+
+/// Normalises a request under `rules`.
+pub fn normalize(request: &RequestView<'_>, rules: &MatchRules) -> Normalized {
     let (path, query) = match request.path_and_query.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (request.path_and_query, None),
     };
+    let mut path = if rules.path {
+        normalize_percent(path, false)
+    } else {
+        String::new()
+    };
+    if rules.path_case_insensitive {
+        path = path.to_lowercase();
+    }
+    let mut query = if rules.query {
+        query.map(normalize_query).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if !rules.ignore_query.is_empty() {
+        query.retain(|(name, _)| !rules.ignore_query.iter().any(|ignored| ignored == name));
+    }
+    let mut headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .filter(|h| {
+            rules
+                .headers
+                .iter()
+                .any(|name| h.name.eq_ignore_ascii_case(name))
+        })
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    headers.sort();
+    let decoded = decode_body(request.content_encoding, request.body, MAX_DECODED_BYTES);
+    let body = match &decoded {
+        Some(bytes) => bytes.as_slice(),
+        None => request.body,
+    };
     Normalized {
-        method: request.method.to_owned(),
+        method: if rules.method {
+            request.method.to_owned()
+        } else {
+            String::new()
+        },
         host: request.host.map(|h| h.to_ascii_lowercase()),
-        path: normalize_percent(path, false),
-        query: query.map(normalize_query).unwrap_or_default(),
-        body: normalize_body(request.content_type, request.body),
+        path,
+        query,
+        headers,
+        body: normalize_body(request.content_type, body, rules),
     }
 }
+
+/// Decoded request bodies larger than this are matched as received (a decompression
+/// bomb must not take the proxy's memory).
+const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
 impl Normalized {
     /// The store's index key. Fields are framed with separators that cannot occur in
@@ -105,6 +175,13 @@ impl Normalized {
             hasher.update(b"=");
             hasher.update(value.as_bytes());
             hasher.update(b"&");
+        }
+        hasher.update(b"\0");
+        for (name, value) in &self.headers {
+            hasher.update(name.as_bytes());
+            hasher.update(b":");
+            hasher.update(value.as_bytes());
+            hasher.update(b"\n");
         }
         hasher.update(b"\0");
         match &self.body {
@@ -190,28 +267,133 @@ fn normalize_query(query: &str) -> Vec<(String, String)> {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            (
-                normalize_percent(name, true),
-                normalize_percent(value, true),
-            )
+            (decode_query_part(name), decode_query_part(value))
         })
         .collect();
     pairs.sort();
     pairs
 }
 
-fn normalize_body(content_type: Option<&str>, body: &[u8]) -> NormalBody {
-    if body.is_empty() {
+/// Query parts are compared decoded, as servers read them (`%2C` = `,`, `+` = space),
+/// after splitting on `&` and `=` so encoded separators stay inside their part. Parts
+/// that do not decode to UTF-8 are compared in normalised escaped form.
+fn decode_query_part(part: &str) -> String {
+    let spaced = part.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => decoded.into_owned(),
+        Err(_) => normalize_percent(part, true),
+    }
+}
+
+fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -> NormalBody {
+    if body.is_empty() || rules.body == BodyMatch::Ignore {
         return NormalBody::Empty;
     }
-    if is_json_candidate(content_type, body) {
+    if rules.body == BodyMatch::Json && is_json_candidate(content_type, body) {
         // serde_json bounds nesting (128 levels): deeper input fails to parse and falls
         // back to exact bytes instead of recursing without limit.
-        if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
+            for pointer in &rules.ignore_pointers {
+                remove_pointer(&mut value, &rules::pointer_tokens(pointer));
+            }
+            if rules.ignore_array_order {
+                sort_arrays(&mut value);
+            }
             return NormalBody::Json(value);
         }
     }
     NormalBody::Bytes(Bytes::copy_from_slice(body))
+}
+
+/// Removes the members a pointer names; `*` stands for every member or element.
+/// Array elements become `null` rather than shifting their neighbours' positions.
+pub fn remove_pointer(value: &mut Value, tokens: &[String]) {
+    let Some((first, rest)) = tokens.split_first() else {
+        return;
+    };
+    match value {
+        Value::Object(map) => {
+            if first == "*" {
+                for item in map.values_mut() {
+                    if rest.is_empty() {
+                        *item = Value::Null;
+                    } else {
+                        remove_pointer(item, rest);
+                    }
+                }
+            } else if rest.is_empty() {
+                map.shift_remove(first.as_str());
+            } else if let Some(item) = map.get_mut(first.as_str()) {
+                remove_pointer(item, rest);
+            }
+        }
+        Value::Array(items) => {
+            let targets: Vec<usize> = if first == "*" {
+                (0..items.len()).collect()
+            } else {
+                first
+                    .parse()
+                    .ok()
+                    .filter(|i| *i < items.len())
+                    .into_iter()
+                    .collect()
+            };
+            for index in targets {
+                if rest.is_empty() {
+                    items[index] = Value::Null;
+                } else {
+                    remove_pointer(&mut items[index], rest);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sets the values a pointer names (`*` for every member or element) to `replacement`;
+/// returns whether any existed and differed.
+pub fn replace_pointer(value: &mut Value, tokens: &[String], replacement: &Value) -> bool {
+    let Some((first, rest)) = tokens.split_first() else {
+        if value != replacement {
+            *value = replacement.clone();
+            return true;
+        }
+        return false;
+    };
+    let mut changed = false;
+    match value {
+        Value::Object(map) => {
+            for (name, item) in map.iter_mut() {
+                if first == "*" || name == first {
+                    changed |= replace_pointer(item, rest, replacement);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                if first == "*" || first.parse() == Ok(index) {
+                    changed |= replace_pointer(item, rest, replacement);
+                }
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+fn sort_arrays(value: &mut Value) {
+    match value {
+        Value::Array(items) => {
+            items.iter_mut().for_each(sort_arrays);
+            items.sort_by_cached_key(|item| {
+                let mut text = String::new();
+                canonical_json(item, &mut text);
+                text
+            });
+        }
+        Value::Object(map) => map.values_mut().for_each(sort_arrays),
+        _ => {}
+    }
 }
 
 fn is_json_candidate(content_type: Option<&str>, body: &[u8]) -> bool {
@@ -274,163 +456,6 @@ fn write_number(number: &serde_json::Number, out: &mut String) {
     }
 }
 
-/// One field that differs between a recorded request and a received one.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Difference {
-    /// `method`, `path`, `path segment N`, `query NAME`, `body`, or `body POINTER`.
-    pub field: String,
-    pub recorded: String,
-    pub received: String,
-}
-
-/// At most this many differences are reported for one pair.
-const MAX_DIFFERENCES: usize = 20;
-
-/// Lists how `received` differs from `recorded`, field by field.
-pub fn differences(recorded: &Normalized, received: &Normalized) -> Vec<Difference> {
-    let mut out = Vec::new();
-    let mut push = |field: String, recorded: String, received: String| {
-        if out.len() < MAX_DIFFERENCES {
-            out.push(Difference {
-                field,
-                recorded,
-                received,
-            });
-        }
-    };
-    if recorded.method != received.method {
-        push(
-            "method".into(),
-            recorded.method.clone(),
-            received.method.clone(),
-        );
-    }
-    if recorded.host != received.host {
-        push(
-            "host".into(),
-            recorded.host.clone().unwrap_or_default(),
-            received.host.clone().unwrap_or_default(),
-        );
-    }
-    if recorded.path != received.path {
-        let a: Vec<&str> = recorded.path.split('/').collect();
-        let b: Vec<&str> = received.path.split('/').collect();
-        if a.len() == b.len() {
-            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-                if x != y {
-                    push(format!("path segment {i}"), (*x).into(), (*y).into());
-                }
-            }
-        } else {
-            push("path".into(), recorded.path.clone(), received.path.clone());
-        }
-    }
-    if recorded.query != received.query {
-        let mut names: Vec<&String> = recorded
-            .query
-            .iter()
-            .chain(&received.query)
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        names.dedup();
-        let values = |query: &[(String, String)], name: &str| -> String {
-            let found: Vec<&str> = query
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-                .collect();
-            if found.is_empty() {
-                "(absent)".to_owned()
-            } else {
-                found.join(", ")
-            }
-        };
-        for name in names {
-            let (a, b) = (values(&recorded.query, name), values(&received.query, name));
-            if a != b {
-                push(format!("query {name}"), a, b);
-            }
-        }
-    }
-    match (&recorded.body, &received.body) {
-        (NormalBody::Json(a), NormalBody::Json(b)) => {
-            let mut found = Vec::new();
-            json_differences(a, b, &mut String::new(), &mut found);
-            for (pointer, x, y) in found {
-                push(format!("body {pointer}"), x, y);
-            }
-        }
-        (a, b) if a != b => push("body".into(), describe_body(a), describe_body(b)),
-        _ => {}
-    }
-    out
-}
-
-fn describe_body(body: &NormalBody) -> String {
-    match body {
-        NormalBody::Empty => "(empty)".to_owned(),
-        NormalBody::Json(value) => truncate(&value.to_string()),
-        NormalBody::Bytes(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => truncate(text),
-            Err(_) => format!("({} bytes, not UTF-8)", bytes.len()),
-        },
-    }
-}
-
-fn truncate(text: &str) -> String {
-    const LIMIT: usize = 120;
-    if text.len() <= LIMIT {
-        return text.to_owned();
-    }
-    let mut end = LIMIT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-fn json_differences(
-    a: &Value,
-    b: &Value,
-    pointer: &mut String,
-    out: &mut Vec<(String, String, String)>,
-) {
-    if out.len() >= MAX_DIFFERENCES || json_equal(a, b) {
-        return;
-    }
-    let shown = |v: Option<&Value>| v.map_or("(absent)".to_owned(), |v| truncate(&v.to_string()));
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
-            names.sort();
-            names.dedup();
-            for name in names {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&crate::graph::escape_pointer_token(name));
-                match (x.get(name), y.get(name)) {
-                    (Some(p), Some(q)) => json_differences(p, q, pointer, out),
-                    (p, q) => out.push((pointer.clone(), shown(p), shown(q))),
-                }
-                pointer.truncate(len);
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                let len = pointer.len();
-                let _ = write!(pointer, "/{i}");
-                json_differences(p, q, pointer, out);
-                pointer.truncate(len);
-            }
-        }
-        _ => {
-            let at = if pointer.is_empty() { "/" } else { pointer };
-            out.push((at.to_owned(), shown(Some(a)), shown(Some(b))));
-        }
-    }
-}
-
 /// JSON equality with numbers compared by value, as the key does.
 pub fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -467,12 +492,18 @@ mod tests {
             host: None,
             path_and_query: uri,
             content_type: ct,
+            content_encoding: None,
+            headers: &[],
             body,
         }
     }
 
     fn key(method: &str, uri: &str, ct: Option<&str>, body: &str) -> MatchKey {
-        normalize(&view(method, uri, ct, body.as_bytes())).key()
+        normalize(
+            &view(method, uri, ct, body.as_bytes()),
+            &MatchRules::default(),
+        )
+        .key()
     }
 
     /// `(method, uri, content type, body)`.
@@ -578,40 +609,30 @@ mod tests {
     #[test]
     fn deep_and_odd_json_falls_back_to_bytes() {
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        let normalized = normalize(&view("POST", "/x", JSON, deep.as_bytes()));
+        let normalized = normalize(
+            &view("POST", "/x", JSON, deep.as_bytes()),
+            &MatchRules::default(),
+        );
         assert!(matches!(normalized.body, NormalBody::Bytes(_)));
-        let huge = normalize(&view("POST", "/x", JSON, b"{\"n\":1e400}"));
+        let huge = normalize(
+            &view("POST", "/x", JSON, b"{\"n\":1e400}"),
+            &MatchRules::default(),
+        );
         assert!(matches!(huge.body, NormalBody::Bytes(_)));
-        let invalid_utf8 = normalize(&view("POST", "/x", JSON, b"{\"n\":\"\xff\"}"));
+        let invalid_utf8 = normalize(
+            &view("POST", "/x", JSON, b"{\"n\":\"\xff\"}"),
+            &MatchRules::default(),
+        );
         assert!(matches!(invalid_utf8.body, NormalBody::Bytes(_)));
         // Duplicate keys: the last one wins, as in most JSON readers; it must not panic.
-        let duplicate = normalize(&view("POST", "/x", JSON, b"{\"n\":1,\"n\":2}"));
+        let duplicate = normalize(
+            &view("POST", "/x", JSON, b"{\"n\":1,\"n\":2}"),
+            &MatchRules::default(),
+        );
         assert_eq!(
             duplicate.body,
             NormalBody::Json(serde_json::json!({"n": 2}))
         );
-    }
-
-    #[test]
-    fn differences_name_the_pointer() {
-        let a = normalize(&view(
-            "PATCH",
-            "/v1.0/d/1?x=1",
-            JSON,
-            br#"{"status":"compliant","n":{"m":[1,2]}}"#,
-        ));
-        let b = normalize(&view(
-            "PATCH",
-            "/v1.0/d/2?x=2",
-            JSON,
-            br#"{"status":"error","n":{"m":[1,3]}}"#,
-        ));
-        let fields: Vec<String> = differences(&a, &b).into_iter().map(|d| d.field).collect();
-        assert_eq!(
-            fields,
-            vec!["path segment 3", "query x", "body /n/m/1", "body /status"]
-        );
-        assert!(differences(&a, &a).is_empty());
     }
 
     #[test]
