@@ -49,7 +49,11 @@ fn listen_address() -> Result<SocketAddr, String> {
                     .next()
                     .ok_or_else(|| "--listen needs ADDR:PORT".to_owned())?
             }
-            other => return Err(format!("unknown argument {other:?}; usage: ceiling [--listen ADDR:PORT]")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: ceiling [--listen ADDR:PORT]"
+                ))
+            }
         }
     }
     listen

@@ -293,12 +293,20 @@ fn patch_body(index: usize) -> Map<String, Value> {
         ("deviceModel", json!(format!("Model {}", index % 97))),
         (
             "complianceGracePeriodExpirationDateTime",
-            json!(format!("2026-12-{:02}T10:{:02}:00Z", 1 + index % 28, index % 60)),
+            json!(format!(
+                "2026-12-{:02}T10:{:02}:00Z",
+                1 + index % 28,
+                index % 60
+            )),
         ),
         ("status", json!(STATUSES[index % STATUSES.len()])),
         (
             "lastReportedDateTime",
-            json!(format!("2026-11-{:02}T08:{:02}:00Z", 1 + index % 28, index % 60)),
+            json!(format!(
+                "2026-11-{:02}T08:{:02}:00Z",
+                1 + index % 28,
+                index % 60
+            )),
         ),
         (
             "userPrincipalName",
@@ -362,14 +370,19 @@ fn export_document(cassette: &str, count: usize) -> ExportDocument {
                         header("authorization", "Bearer [REDACTED]"),
                     ],
                     body: ExportedBody::Json(Value::Object(patch.clone())),
+                    decoded: None,
                 },
                 response: ExportedResponse {
                     status: 200,
                     headers: vec![
                         header("content-type", graphvcr::graph::JSON_CONTENT_TYPE),
-                        header("request-id", &format!("{:08x}-1111-4000-8000-000000000000", index)),
+                        header(
+                            "request-id",
+                            &format!("{:08x}-1111-4000-8000-000000000000", index),
+                        ),
                     ],
                     body: ExportedBody::Json(response_body(index, &patch)),
+                    decoded: None,
                 },
             }
         })
@@ -488,6 +501,8 @@ struct Process {
     addr: SocketAddr,
     startup: Duration,
     log: PathBuf,
+    /// Copies stderr to the log; ends when the process closes stderr.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -505,11 +520,12 @@ impl Process {
             let _ = child.kill();
             return Err(format!("{name}: stderr is not piped"));
         };
-        let file = File::create(&log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
+        let file =
+            File::create(&log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<(Instant, String)>();
         // The reader copies everything to the log (after the ready line, with io::copy,
         // which moves pipe data to the file without passing through user space).
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut file = file;
             let mut line = String::new();
@@ -550,6 +566,7 @@ impl Process {
             addr,
             startup: ready_at.duration_since(started),
             log,
+            reader: Some(reader),
         })
     }
 
@@ -571,7 +588,13 @@ impl Process {
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
+                Ok(Some(status)) => {
+                    // The whole log is on disk once the copier has seen the end of stderr.
+                    if let Some(reader) = self.reader.take() {
+                        let _ = reader.join();
+                    }
+                    return Ok(status);
+                }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -649,7 +672,12 @@ fn start_proxy(
 
 /// Starts `subject` (and the emulator in front of which it runs, when it needs one),
 /// checks one request, loads it at concurrency 1 and 64, and stops it.
-fn measure(options: &Options, paths: &Paths, subject: Subject, run: usize) -> Result<Sample, Failure> {
+fn measure(
+    options: &Options,
+    paths: &Paths,
+    subject: Subject,
+    run: usize,
+) -> Result<Sample, Failure> {
     let label = format!("{}-{run}", subject.name());
     let upstream = if subject.needs_emulator_upstream() {
         Some(start_emulator(options, &format!("{label}-upstream"))?)
@@ -750,7 +778,7 @@ fn preflight(process: &Process, requests: &Path, subject: Subject) -> Result<(),
         .map_err(|e| format!("cannot read from {}: {e}", process.name))?;
     let text = String::from_utf8_lossy(&response);
     let status_ok = text.starts_with("HTTP/1.1 200");
-    let outcome_ok = subject.expected_outcome().map_or(true, |outcome| {
+    let outcome_ok = subject.expected_outcome().is_none_or(|outcome| {
         text.lines()
             .any(|line| line.eq_ignore_ascii_case(&format!("x-graphvcr-outcome: {outcome}")))
     });
@@ -866,7 +894,11 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text)
                 .lines()
                 .next()
@@ -949,7 +981,10 @@ fn targets(medians: &BTreeMap<Subject, Sample>) -> Vec<Target> {
         "replay p99 at concurrency 64 ≤ 2× the ceiling's p99",
         replay.zip(ceiling).map(|(r, c)| {
             let x = r.c64.p99_ms / c.c64.p99_ms;
-            (format!("{x:.2}× ({:.2} ms vs {:.2} ms)", r.c64.p99_ms, c.c64.p99_ms), x <= 2.0)
+            (
+                format!("{x:.2}× ({:.2} ms vs {:.2} ms)", r.c64.p99_ms, c.c64.p99_ms),
+                x <= 2.0,
+            )
         }),
     );
     for (level, pick) in [
@@ -957,7 +992,9 @@ fn targets(medians: &BTreeMap<Subject, Sample>) -> Vec<Target> {
         ("64", |s: &Sample| s.c64),
     ] {
         check(
-            &format!("replay at 100,000 within 15% of replay at 1,000, concurrency {level}: throughput"),
+            &format!(
+                "replay at 100,000 within 15% of replay at 1,000, concurrency {level}: throughput"
+            ),
             large.zip(replay).map(|(l, r)| {
                 let x = pick(l).requests_per_second / pick(r).requests_per_second;
                 (format!("{x:.2}×"), x >= 0.85)
@@ -968,7 +1005,11 @@ fn targets(medians: &BTreeMap<Subject, Sample>) -> Vec<Target> {
             large.zip(replay).map(|(l, r)| {
                 let x = pick(l).p99_ms / pick(r).p99_ms;
                 (
-                    format!("{x:.2}× ({:.2} ms vs {:.2} ms)", pick(l).p99_ms, pick(r).p99_ms),
+                    format!(
+                        "{x:.2}× ({:.2} ms vs {:.2} ms)",
+                        pick(l).p99_ms,
+                        pick(r).p99_ms
+                    ),
                     x <= 1.15,
                 )
             }),
@@ -1001,7 +1042,9 @@ fn targets(medians: &BTreeMap<Subject, Sample>) -> Vec<Target> {
     );
     let errors: u64 = medians
         .values()
-        .map(|s| s.c1.socket_errors + s.c1.error_statuses + s.c64.socket_errors + s.c64.error_statuses)
+        .map(|s| {
+            s.c1.socket_errors + s.c1.error_statuses + s.c64.socket_errors + s.c64.error_statuses
+        })
         .sum();
     check(
         "no errors (socket errors or statuses ≥ 400, replay misses included) in any run",
@@ -1028,7 +1071,11 @@ fn render(
     let _ = writeln!(
         out,
         "- commit: {commit}{}; {}; {}",
-        if dirty { " (with uncommitted changes)" } else { "" },
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
         command_output("rustc", &["--version"]),
         command_output("wrk", &["-v"])
     );
@@ -1046,7 +1093,10 @@ fn render(
         out,
         "| subject | what | conc. | req/s | p50 ms | p99 ms | errors (socket + ≥400) / requests | × ceiling | × emulator | peak RSS MiB | start-up ms |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let ceiling = medians.get(&Subject::Ceiling);
     let emulator = medians.get(&Subject::Emulator);
     for (subject, sample) in medians {
@@ -1098,8 +1148,8 @@ fn render(
 
 /// Replaces the text between the results markers of `path`.
 fn write_results(path: &Path, section: &str) -> Result<(), Failure> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let (Some(start), Some(end)) = (text.find(RESULTS_START), text.find(RESULTS_END)) else {
         return Err(format!(
             "{} lacks the markers {RESULTS_START} and {RESULTS_END}",
@@ -1107,7 +1157,10 @@ fn write_results(path: &Path, section: &str) -> Result<(), Failure> {
         ));
     };
     if end < start {
-        return Err(format!("{}: the results markers are out of order", path.display()));
+        return Err(format!(
+            "{}: the results markers are out of order",
+            path.display()
+        ));
     }
     let mut updated = String::with_capacity(text.len() + section.len());
     updated.push_str(&text[..start + RESULTS_START.len()]);
