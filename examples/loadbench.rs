@@ -201,6 +201,7 @@ fn run(options: &Options) -> Result<(), Failure> {
     let mut notes = Vec::new();
     let paths = prepare_data(options, &subjects, &mut notes)?;
 
+    let load_before = load_average();
     let mut samples: BTreeMap<Subject, Vec<Sample>> = BTreeMap::new();
     for run in 1..=options.runs {
         for &subject in &subjects {
@@ -226,6 +227,10 @@ fn run(options: &Options) -> Result<(), Failure> {
         .iter()
         .map(|(subject, list)| (*subject, median_sample(list)))
         .collect();
+    notes.push(format!(
+        "load average (1, 5, 15 min) before the runs: {load_before}; after: {}. The machine is shared: other work running at the same time lowers every subject's numbers, and the ratios less so, since runs are interleaved",
+        load_average()
+    ));
     let section = render(options, &medians, &notes)?;
     println!("{section}");
     write_results(&options.out, &section)
@@ -905,6 +910,18 @@ fn command_output(program: &str, args: &[&str]) -> String {
                 .unwrap_or("")
                 .trim()
                 .to_owned()
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", ")
         })
         .unwrap_or_else(|| "unknown".to_owned())
 }
