@@ -116,18 +116,23 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let upstream = Upstream::new(&config.upstream)?;
     let proxy = Proxy::new(
         config.proxy.clone(),
+        config.forward.clone(),
         config.matching.clone(),
         store.clone(),
         upstream,
         Redactor::new(config.sanitize.clone()),
     );
+    let tls = match &config.proxy.tls {
+        Some((cert, key)) => Some(tls::server_config_from_files(cert, key)?),
+        None => None,
+    };
     let listener = bind(config.proxy.listen).await?;
     let limits = Limits {
         max_connections: config.proxy.max_connections,
         header_read_timeout: config.proxy.header_read_timeout,
         max_header_bytes: config.proxy.max_header_bytes,
     };
-    let running = spawn(listener, None, limits, Arc::new(proxy.clone()))?;
+    let running = spawn(listener, tls, limits, Arc::new(proxy.clone()))?;
     store.write_owner(&Owner {
         pid: std::process::id(),
         admin: None,
@@ -164,27 +169,51 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         upstream = %config.upstream.url,
         "proxy started"
     );
-    eprintln!("listening on http://{}", server.addr());
+    let scheme = if config.proxy.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("listening on {scheme}://{}", server.addr());
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.stop().await
 }
 
-/// `graphvcr emulate`: plain HTTP, or HTTPS with a fresh self-signed certificate whose
-/// PEM is written to `cert_out`.
+/// How the emulator serves.
+#[derive(Debug, Clone)]
+pub enum EmulatorTls {
+    Plain,
+    /// A fresh self-signed certificate for localhost, 127.0.0.1, ::1 and `names`, its
+    /// PEM written to `cert_out`.
+    SelfSigned {
+        cert_out: PathBuf,
+        names: Vec<String>,
+    },
+    /// A given certificate chain and key.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// `graphvcr emulate`: plain HTTP or HTTPS.
 pub async fn emulate(
     addr: SocketAddr,
     options: EmulatorOptions,
-    cert_out: Option<PathBuf>,
+    tls: EmulatorTls,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let tls = match &cert_out {
-        None => None,
-        Some(path) => {
-            let minted = tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
-            tls::write_pem(path, &minted.cert_pem, false)?;
+    let tls = match tls {
+        EmulatorTls::Plain => None,
+        EmulatorTls::SelfSigned { cert_out, names } => {
+            let mut all: Vec<&str> = vec!["localhost", "127.0.0.1", "::1"];
+            all.extend(names.iter().map(String::as_str));
+            let minted = tls::self_signed(&all)?;
+            tls::write_pem(&cert_out, &minted.cert_pem, false)?;
             Some(minted.config)
         }
+        EmulatorTls::Files { cert, key } => Some(tls::server_config_from_files(&cert, &key)?),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let running = start_emulator(addr, options, tls).await?;

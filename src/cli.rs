@@ -39,6 +39,28 @@ pub enum Command {
     /// Inspect and move cassettes.
     #[command(subcommand)]
     Cassette(CassetteCommand),
+    /// The local CA that forward-proxy mode uses to intercept TLS.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA (once; an existing one is kept).
+    Init(CaArgs),
+    /// Print the CA certificate and the environment lines that make clients trust it.
+    Show(CaArgs),
+    /// Print the path of the CA certificate file.
+    Path(CaArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaArgs {
+    /// Where the CA lives (default: `ca` under the store directory).
+    #[arg(long, env = "GRAPHVCR_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Flags of `serve`. Every field is optional so that "not given" falls through to the
@@ -66,6 +88,19 @@ pub struct ServeArgs {
     /// Cassette used by requests that do not name one.
     #[arg(long, env = "GRAPHVCR_CASSETTE")]
     pub cassette: Option<String>,
+    /// Where the interception CA lives (created on first use; default: `ca` under the store).
+    #[arg(long, env = "GRAPHVCR_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// HOST=ADDR:PORT: connect to ADDR:PORT for HOST, keeping HOST for TLS SNI and
+    /// certificate checks (repeatable, like curl's --resolve).
+    #[arg(long = "resolve", value_name = "HOST=ADDR:PORT")]
+    pub resolve: Vec<String>,
+    /// Serve the listener over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "GRAPHVCR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "GRAPHVCR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +115,16 @@ pub struct EmulateArgs {
     /// Serve HTTPS with a fresh self-signed certificate for localhost and 127.0.0.1, written here.
     #[arg(long)]
     pub tls_cert_out: Option<PathBuf>,
+    /// Another name for the self-signed certificate (repeatable), e.g. graph.microsoft.com
+    /// to stand in for Graph behind `serve --resolve`.
+    #[arg(long = "tls-name", requires = "tls_cert_out")]
+    pub tls_names: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM) instead of a self-signed one.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_cert_out")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Answer PATCH with 204 No Content instead of the documented 200 with the entity.
     #[arg(long)]
     pub patch_no_content: bool,

@@ -35,6 +35,8 @@ pub mod defaults {
     pub const STORE: &str = "cassettes/store";
     pub const CACHE_CAPACITY_MB: u64 = 8;
     pub const CONFIG_FILE: &str = "config.toml";
+    /// The interception CA's directory, under the store.
+    pub const CA_SUBDIR: &str = "ca";
 }
 
 /// What the proxy does with each request.
@@ -86,6 +88,36 @@ pub struct Config {
     pub store: StoreConfig,
     pub matching: MatchingConfig,
     pub sanitize: SanitizeConfig,
+    pub forward: ForwardConfig,
+}
+
+/// Forward-proxy behaviour: which CONNECT targets are intercepted and recorded.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Host globs whose TLS graphvcr terminates with its own CA to record and replay.
+    pub intercept_hosts: Vec<String>,
+    pub unknown_hosts: UnknownHosts,
+    /// Where the interception CA lives; created on first use.
+    pub ca_dir: PathBuf,
+}
+
+impl ForwardConfig {
+    /// Whether `host` (no port) is one graphvcr intercepts.
+    pub fn intercepts(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.intercept_hosts
+            .iter()
+            .any(|pattern| crate::matching::rules::glob(&pattern.to_ascii_lowercase(), &host))
+    }
+}
+
+/// What happens to proxy requests for hosts that are not intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownHosts {
+    /// Relayed untouched; only the audit sees them.
+    Tunnel,
+    /// Refused with 403.
+    Deny,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +138,8 @@ pub struct ProxyConfig {
     pub provenance_headers: bool,
     /// In `auto`, recordings older than this count as absent and are recorded afresh.
     pub max_age: Option<Duration>,
+    /// Certificate chain and key for a TLS listener; plain HTTP (and h2c) without.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +150,8 @@ pub struct UpstreamConfig {
     /// Whole exchange: from sending the request to the last byte of the response body.
     pub response_timeout: Duration,
     pub max_response_bytes: usize,
+    /// `--resolve`: connect to this address for this host, keeping the host for TLS.
+    pub resolve: Vec<(String, SocketAddr)>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +188,16 @@ pub struct FileConfig {
     pub matching: FileRules,
     #[serde(default)]
     pub sanitize: FileSanitize,
+    #[serde(default)]
+    pub forward: FileForward,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForward {
+    pub intercept_hosts: Option<Vec<String>>,
+    pub unknown_hosts: Option<String>,
+    pub ca_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +213,8 @@ pub struct FileProxy {
     pub max_connections: Option<usize>,
     pub provenance_headers: Option<bool>,
     pub max_age: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +225,7 @@ pub struct FileUpstream {
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub max_response_bytes: Option<usize>,
+    pub resolve: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,7 +299,13 @@ impl Config {
             store,
             matching,
             sanitize,
+            forward,
         } = file;
+        let store_path = args
+            .store
+            .clone()
+            .or(store.path)
+            .unwrap_or_else(|| PathBuf::from(defaults::STORE));
         let max_age = match proxy.max_age.as_deref() {
             None => None,
             Some(text) => Some(duration("proxy.max_age", Some(text), text)?),
@@ -321,6 +376,19 @@ impl Config {
                     .provenance_headers
                     .unwrap_or(defaults::PROVENANCE_HEADERS),
                 max_age,
+                tls: match (
+                    args.tls_cert.clone().or(proxy.tls_cert),
+                    args.tls_key.clone().or(proxy.tls_key),
+                ) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: "proxy.tls_cert".into(),
+                            message: "tls_cert and tls_key go together".into(),
+                        })
+                    }
+                },
             },
             upstream: UpstreamConfig {
                 url,
@@ -341,13 +409,17 @@ impl Config {
                         .max_response_bytes
                         .unwrap_or(defaults::MAX_RESPONSE_BYTES),
                 )?,
+                resolve: if args.resolve.is_empty() {
+                    upstream.resolve.unwrap_or_default()
+                } else {
+                    args.resolve.clone()
+                }
+                .iter()
+                .map(|entry| parse_resolve(entry))
+                .collect::<Result<_, _>>()?,
             },
             store: StoreConfig {
-                path: args
-                    .store
-                    .clone()
-                    .or(store.path)
-                    .unwrap_or_else(|| PathBuf::from(defaults::STORE)),
+                path: store_path.clone(),
                 cache_capacity_bytes: store
                     .cache_capacity_mb
                     .unwrap_or(defaults::CACHE_CAPACITY_MB)
@@ -357,6 +429,29 @@ impl Config {
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
+            forward: ForwardConfig {
+                intercept_hosts: forward.intercept_hosts.unwrap_or_else(|| {
+                    crate::graph::GRAPH_HOSTS
+                        .iter()
+                        .map(|h| (*h).to_owned())
+                        .collect()
+                }),
+                unknown_hosts: match forward.unknown_hosts.as_deref() {
+                    None | Some("tunnel") => UnknownHosts::Tunnel,
+                    Some("deny") => UnknownHosts::Deny,
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            key: "forward.unknown_hosts".into(),
+                            message: format!("{other:?} is not one of tunnel, deny"),
+                        })
+                    }
+                },
+                ca_dir: args
+                    .ca_dir
+                    .clone()
+                    .or(forward.ca_dir)
+                    .unwrap_or_else(|| store_path.join(defaults::CA_SUBDIR)),
+            },
         })
     }
 }
@@ -366,6 +461,21 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
         key: key.to_owned(),
         message: format!("{text:?} is not an ADDR:PORT socket address"),
     })
+}
+
+/// `HOST=ADDR:PORT`, as `--resolve` and `upstream.resolve` take it.
+fn parse_resolve(entry: &str) -> Result<(String, SocketAddr), ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        key: "upstream.resolve".into(),
+        message: format!("{entry:?} is not HOST=ADDR:PORT"),
+    };
+    let (host, addr) = entry.split_once('=').ok_or_else(invalid)?;
+    let addr: SocketAddr = addr.trim().parse().map_err(|_| invalid())?;
+    let host = host.trim().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((host, addr))
 }
 
 fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {

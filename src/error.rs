@@ -26,6 +26,8 @@ pub enum Fault {
     Store,
     /// Replay found no recording (599).
     Miss,
+    /// graphvcr itself failed (500).
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,12 @@ pub enum ProxyError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Miss(Box<MissReport>),
+    #[error("CONNECT needs a host:port target, got {0:?}")]
+    BadConnect(String),
+    #[error("{0} is not an intercepted host and forward.unknown_hosts = \"deny\"")]
+    TunnelRefused(String),
+    #[error("the interception CA is not usable: {0}")]
+    Ca(#[from] crate::ca::CaError),
 }
 
 impl ProxyError {
@@ -56,10 +64,13 @@ impl ProxyError {
             Self::BodyTooLarge { .. }
             | Self::BodyTimeout(_)
             | Self::BodyRead(_)
-            | Self::BadControlHeader { .. } => Fault::Client,
+            | Self::BadControlHeader { .. }
+            | Self::BadConnect(_)
+            | Self::TunnelRefused(_) => Fault::Client,
             Self::Upstream(_) => Fault::Upstream,
             Self::Store(_) => Fault::Store,
             Self::Miss(_) => Fault::Miss,
+            Self::Ca(_) => Fault::Internal,
         }
     }
 
@@ -69,7 +80,9 @@ impl ProxyError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::BadControlHeader { .. } => StatusCode::BAD_REQUEST,
             Self::Upstream(error) => error.status(),
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(_) | Self::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadConnect(_) => StatusCode::BAD_REQUEST,
+            Self::TunnelRefused(_) => StatusCode::FORBIDDEN,
             Self::Miss(_) => {
                 StatusCode::from_u16(MISS_STATUS).unwrap_or(StatusCode::NOT_IMPLEMENTED)
             }
@@ -86,6 +99,9 @@ impl ProxyError {
             Self::Upstream(error) => error.code(),
             Self::Store(_) => "CassetteStoreFailure",
             Self::Miss(_) => "ReplayMiss",
+            Self::BadConnect(_) => "BadRequest",
+            Self::TunnelRefused(_) => "TunnelRefused",
+            Self::Ca(_) => "InterceptionCaFailure",
         }
     }
 }

@@ -12,6 +12,13 @@ use serde_json::{json, Map, Value};
 
 /// The real Graph, used when no `--upstream` is given.
 pub const DEFAULT_UPSTREAM: &str = "https://graph.microsoft.com";
+/// Graph's hosts in every national cloud: intercepted by default in forward-proxy mode.
+pub const GRAPH_HOSTS: [&str; 4] = [
+    "graph.microsoft.com",
+    "graph.microsoft.us",
+    "dod-graph.microsoft.us",
+    "microsoftgraph.chinacloudapi.cn",
+];
 /// Graph's per-request id, new on every live call.
 pub const REQUEST_ID: &str = "request-id";
 /// The client's own correlation id, echoed back by Graph (or set to `request-id`).

@@ -13,15 +13,20 @@
 //! - [`graph`]: Graph knowledge: error envelope, request ids, the deviceStatuses schema.
 //! - [`emulate`]: the built-in Graph emulator.
 //! - [`tls`]: rustls set-up and certificate minting.
+//! - [`forward`]: forward-proxy mode: CONNECT interception and tunnels.
+//! - [`ca`]: the local CA that signs intercepted hosts' certificates.
+//! - [`har`]: HAR 1.2 conversion; [`cassette`]: the cassette subcommands.
 //! - [`error`]: the proxy's error type and its mapping to status codes.
 
 pub mod app;
+pub mod ca;
 pub mod cassette;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod emulate;
 pub mod error;
+pub mod forward;
 pub mod graph;
 pub mod har;
 pub mod matching;

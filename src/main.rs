@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use graphvcr::app::{self, AppError};
-use graphvcr::cli::{CassetteCommand, Cli, Command, ExportFormat, LogFormat};
+use graphvcr::ca::CertificateAuthority;
+use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command, ExportFormat, LogFormat};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
 use graphvcr::store::Store;
@@ -62,16 +63,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 patch_no_content: args.patch_no_content,
                 require_auth: !args.no_auth,
             };
-            app::emulate(
-                args.listen,
-                options,
-                args.tls_cert_out,
-                app::shutdown_signal(),
-            )
-            .await?;
+            let tls = match (args.tls_cert_out, args.tls_cert, args.tls_key) {
+                (Some(cert_out), _, _) => app::EmulatorTls::SelfSigned {
+                    cert_out,
+                    names: args.tls_names,
+                },
+                (None, Some(cert), Some(key)) => app::EmulatorTls::Files { cert, key },
+                _ => app::EmulatorTls::Plain,
+            };
+            app::emulate(args.listen, options, tls, app::shutdown_signal()).await?;
         }
         Command::Demo(args) => demo::run(args.serve).await?,
         Command::Cassette(command) => run_cassette(command).await?,
+        Command::Ca(command) => run_ca(command)?,
+    }
+    Ok(())
+}
+
+fn run_ca(command: CaCommand) -> anyhow::Result<()> {
+    let (CaCommand::Init(args) | CaCommand::Show(args) | CaCommand::Path(args)) = &command;
+    let dir = match &args.ca_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            Config::resolve_store(&args.store)
+                .map_err(AppError::from)?
+                .forward
+                .ca_dir
+        }
+    };
+    let cert = CertificateAuthority::cert_path(&dir);
+    match command {
+        CaCommand::Init(_) => {
+            let (_, created) = CertificateAuthority::load_or_create(&dir)?;
+            let verb = if created {
+                "created"
+            } else {
+                "kept the existing"
+            };
+            eprintln!("{verb} CA: certificate {}", cert.display());
+            println!("{}", graphvcr::ca::environment_lines(&cert));
+        }
+        CaCommand::Show(_) => {
+            let ca = CertificateAuthority::load(&dir).with_context(|| {
+                format!("no CA in {} yet: run `graphvcr ca init`", dir.display())
+            })?;
+            print!("{}", ca.cert_pem());
+            println!("\n{}", graphvcr::ca::environment_lines(&cert));
+        }
+        CaCommand::Path(_) => println!("{}", cert.display()),
     }
     Ok(())
 }

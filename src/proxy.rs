@@ -15,14 +15,18 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::config::{validate_cassette_name, LeakGuard, MatchingConfig, Mode, ProxyConfig};
+use crate::config::{
+    validate_cassette_name, ForwardConfig, LeakGuard, MatchingConfig, Mode, ProxyConfig,
+    UnknownHosts,
+};
 use crate::error::{MissReport, Nearest, ProxyError};
+use crate::forward::{self, Interceptor, Target};
 use crate::graph;
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::{EpisodePolicy, Lookup, Store};
+use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// Request header: which cassette this request uses.
@@ -61,6 +65,8 @@ pub enum Outcome {
     Forwarded,
     Miss,
     UpstreamError,
+    /// Forward-proxy traffic to a host that is not intercepted: relayed, never stored.
+    Tunnel,
     /// Refused before any work: bad body, bad control header.
     Rejected,
     /// The store failed.
@@ -75,6 +81,7 @@ impl Outcome {
             Self::Forwarded => "forwarded",
             Self::Miss => "miss",
             Self::UpstreamError => "upstream_error",
+            Self::Tunnel => "tunnel",
             Self::Rejected => "rejected",
             Self::Error => "error",
         }
@@ -96,6 +103,7 @@ pub struct Proxy {
 
 struct Shared {
     config: ProxyConfig,
+    interceptor: Interceptor,
     matching: MatchingConfig,
     defaults: RwLock<Defaults>,
     store: Store,
@@ -129,11 +137,14 @@ struct Prepared {
     key: MatchKey,
     fingerprint: u64,
     policy: EpisodePolicy,
+    /// Forward-proxy target; `None` in reverse mode.
+    target: Option<Target>,
 }
 
 impl Proxy {
     pub fn new(
         config: ProxyConfig,
+        forward: ForwardConfig,
         matching: MatchingConfig,
         store: Store,
         upstream: Upstream,
@@ -145,6 +156,7 @@ impl Proxy {
         };
         Self {
             shared: Arc::new(Shared {
+                interceptor: Interceptor::new(forward, &config),
                 config,
                 matching,
                 defaults: RwLock::new(defaults),
@@ -171,20 +183,35 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner()) = defaults;
     }
 
-    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// Handles one request; `target` is set for requests decrypted from an intercepted
+    /// CONNECT tunnel (forward-proxy mode), `None` otherwise.
+    pub async fn handle_target(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        target: Option<Target>,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let method = request.method().clone();
+        if method == http::Method::CONNECT && target.is_none() {
+            return self.connect(request, peer, started).await;
+        }
+        let target = target
+            .or_else(|| forward::absolute_form_target(&request, self.shared.interceptor.config()));
         let client_request_id = request
             .headers()
             .get(graph::CLIENT_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let request_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         // Sanitized once: stored, matched and logged in this form.
-        let sanitized_uri = self.shared.redactor.uri(target);
-        let path = matching::path_of(&sanitized_uri).to_owned();
+        let sanitized_uri = self.shared.redactor.uri(request_target);
+        let path = match &target {
+            Some(target) => format!("{}{}", target.origin(), matching::path_of(&sanitized_uri)),
+            None => matching::path_of(&sanitized_uri).to_owned(),
+        };
         let defaults = self.defaults();
-        let exchange = self.exchange(request, &defaults, sanitized_uri);
+        let exchange = self.exchange(request, &defaults, sanitized_uri, target);
         let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
@@ -201,12 +228,7 @@ impl Proxy {
                 (self.finish(served, &cassette), outcome, status, None)
             }
             Err(error) => {
-                let outcome = match &error {
-                    ProxyError::Miss(_) => Outcome::Miss,
-                    ProxyError::Upstream(_) => Outcome::UpstreamError,
-                    ProxyError::Store(_) => Outcome::Error,
-                    _ => Outcome::Rejected,
-                };
+                let outcome = error_outcome(&error);
                 let status = error.status();
                 let response = self.error_response(&error, outcome, client_request_id.as_deref());
                 (response, outcome, status, Some(error.to_string()))
@@ -226,21 +248,71 @@ impl Proxy {
         response
     }
 
+    /// A CONNECT: intercepted (TLS terminated here) or tunnelled, as configured.
+    async fn connect(
+        self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<Full<Bytes>> {
+        let authority = request.uri().to_string();
+        let shared = &self.shared;
+        match shared
+            .interceptor
+            .connect(&self, &shared.upstream, request, peer)
+            .await
+        {
+            Ok((response, target)) => {
+                let outcome = if target.intercepted {
+                    "intercepted"
+                } else {
+                    Outcome::Tunnel.as_str()
+                };
+                tracing::info!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %target.authority(), status = 200u16, outcome,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange"
+                );
+                response
+            }
+            Err(error) => {
+                let outcome = error_outcome(&error);
+                tracing::warn!(
+                    target: "graphvcr::exchange",
+                    %peer, method = "CONNECT", path = %authority, status = error.status().as_u16(),
+                    outcome = outcome.as_str(), error = %error, "exchange"
+                );
+                self.error_response(&error, outcome, None)
+            }
+        }
+    }
+
     async fn exchange(
         &self,
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
     ) -> Result<(Served, String), ProxyError> {
-        let prepared = self.prepare(request, defaults, sanitized_uri).await?;
+        let prepared = self
+            .prepare(request, defaults, sanitized_uri, target)
+            .await?;
         let cassette = prepared.cassette.clone();
+        if let Some(target) = prepared.target.as_ref().filter(|t| !t.intercepted) {
+            if self.shared.interceptor.config().unknown_hosts == UnknownHosts::Deny {
+                return Err(ProxyError::TunnelRefused(target.authority()));
+            }
+            let mut served = self.forward(prepared, false).await?;
+            served.outcome = Outcome::Tunnel;
+            return Ok((served, cassette));
+        }
         let served = match prepared.mode {
-            Mode::Replay => match self.lookup(&prepared)? {
+            Mode::Replay => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } => return Err(self.miss(&prepared, Some(count))),
                 Lookup::Absent => return Err(self.miss(&prepared, None)),
             },
-            Mode::Auto => match self.lookup(&prepared)? {
+            Mode::Auto => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => replayed(*episode),
                 Lookup::Exhausted { count } if prepared.policy.exhausted != Exhausted::Forward => {
                     return Err(self.miss(&prepared, Some(count)))
@@ -258,6 +330,7 @@ impl Proxy {
         request: Request<Incoming>,
         defaults: &Defaults,
         sanitized_uri: String,
+        target: Option<Target>,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -296,7 +369,7 @@ impl Proxy {
         let stored_request = RecordedRequest {
             method: parts.method.as_str().to_owned(),
             uri: sanitized_uri,
-            host: None,
+            host: target.as_ref().map(Target::authority),
             headers: sanitized.headers,
             body: sanitized.body,
         };
@@ -329,6 +402,7 @@ impl Proxy {
             key,
             fingerprint,
             policy,
+            target,
         })
     }
 
@@ -362,12 +436,30 @@ impl Proxy {
         }
     }
 
-    fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
+    /// Makes sure the cassette is indexed for its current rules. Building an index reads
+    /// the whole cassette, so it runs on the blocking pool, never on a runtime thread.
+    async fn ensure_index(&self, cassette: &str, fingerprint: u64) -> Result<(), ProxyError> {
+        if self.shared.store.index_ready(cassette, fingerprint) {
+            return Ok(());
+        }
+        let proxy = self.clone();
+        let cassette = cassette.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let rule_set = proxy.rule_set(&cassette);
+            proxy
+                .shared
+                .store
+                .ensure_index(&cassette, fingerprint, &|i| rule_set.key_of(i))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("indexing task failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
         let store = &self.shared.store;
-        let rule_set = self.rule_set(&prepared.cassette);
-        store.ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-            rule_set.key_of(i)
-        })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         Ok(store.next_episode(
             &prepared.cassette,
             prepared.fingerprint,
@@ -430,28 +522,44 @@ impl Proxy {
             mut headers,
             body,
             latency,
-        } = self
-            .shared
-            .upstream
-            .send(
-                prepared.method,
-                &prepared.uri,
-                prepared.forward_headers,
-                prepared.body,
-            )
-            .await?;
+        } = match &prepared.target {
+            None => {
+                self.shared
+                    .upstream
+                    .send(
+                        prepared.method,
+                        &prepared.uri,
+                        prepared.forward_headers,
+                        prepared.body,
+                    )
+                    .await?
+            }
+            Some(target) => {
+                self.shared
+                    .upstream
+                    .send_to(
+                        &target.origin(),
+                        prepared.method,
+                        &prepared.uri,
+                        prepared.forward_headers,
+                        prepared.body,
+                    )
+                    .await?
+            }
+        };
         strip_hop_by_hop(&mut headers);
+        let forwarded = |status, headers, body, refused| Served {
+            status,
+            headers,
+            body,
+            outcome: Outcome::Forwarded,
+            interaction: None,
+            episode: None,
+            upstream_latency: Some(latency),
+            refused,
+        };
         if !store {
-            return Ok(Served {
-                status,
-                headers,
-                body,
-                outcome: Outcome::Forwarded,
-                interaction: None,
-                episode: None,
-                upstream_latency: Some(latency),
-                refused: None,
-            });
+            return Ok(forwarded(status, headers, body, None));
         }
         let sanitized = self.shared.redactor.message(&headers, &body);
         let request_side = redact::Sanitized {
@@ -474,24 +582,11 @@ impl Proxy {
                 "a value that looks like a secret survived sanitizing; add a sanitizer for it ([sanitize] in config.toml)"
             );
             if self.shared.redactor.leak_guard() == LeakGuard::Refuse {
-                return Ok(Served {
-                    status,
-                    headers,
-                    body,
-                    outcome: Outcome::Forwarded,
-                    interaction: None,
-                    episode: None,
-                    upstream_latency: Some(latency),
-                    refused: leak,
-                });
+                return Ok(forwarded(status, headers, body, leak));
             }
         }
-        let rule_set = self.rule_set(&prepared.cassette);
-        self.shared
-            .store
-            .ensure_index(&prepared.cassette, prepared.fingerprint, &|i| {
-                rule_set.key_of(i)
-            })?;
+        self.ensure_index(&prepared.cassette, prepared.fingerprint)
+            .await?;
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,
@@ -624,7 +719,16 @@ fn replayed(episode: crate::store::Episode) -> Served {
 
 impl Handler for Proxy {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
-        Box::pin(self.clone().handle(request, peer))
+        Box::pin(self.clone().handle_target(request, peer, None))
+    }
+}
+
+fn error_outcome(error: &ProxyError) -> Outcome {
+    match error {
+        ProxyError::Miss(_) => Outcome::Miss,
+        ProxyError::Upstream(_) => Outcome::UpstreamError,
+        ProxyError::Store(_) | ProxyError::Ca(_) => Outcome::Error,
+        _ => Outcome::Rejected,
     }
 }
 

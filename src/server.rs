@@ -64,17 +64,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -100,11 +90,7 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(isolate_panics(handler, request, peer).await) }
-        });
+        let service = service(handler.clone(), peer);
         let builder = builder.clone();
         match tls.clone() {
             None => {
@@ -152,6 +138,72 @@ pub async fn serve<H: Handler>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// HTTP/1.1 and HTTP/2 (prior knowledge or ALPN) on one connection, with the limits.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+fn service<H: Handler>(
+    handler: Arc<H>,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(isolate_panics(handler, request, peer).await) }
+    })
+}
+
+/// Terminates TLS on an already-open stream (a CONNECT tunnel being intercepted) and
+/// serves HTTP/1.1 or HTTP/2 on it, as ALPN decides, until the client is done.
+pub async fn serve_tls_stream<H, IO>(
+    io: IO,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    handler: Arc<H>,
+    peer: SocketAddr,
+    host: &str,
+) where
+    H: Handler,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!(
+                %peer, host, %error,
+                "client refused the intercepted TLS handshake; does it trust graphvcr's CA? (`graphvcr ca show`)"
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, host, "intercepted TLS handshake timed out");
+            return;
+        }
+    };
+    let builder = connection_builder(&limits);
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service(handler, peer))
+        .await
+    {
+        tracing::debug!(%peer, host, %error, "intercepted connection ended with an error");
+    }
 }
 
 /// Runs the handler with a panic boundary around every poll, so a panic costs one

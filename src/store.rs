@@ -326,6 +326,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `cassette` is known to be indexed for `fingerprint` (a memory check).
+    pub fn index_ready(&self, cassette: &str, fingerprint: u64) -> bool {
+        self.inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index_marker(cassette, fingerprint))
+    }
+
     /// Makes sure `cassette` is indexed for the rules `fingerprint`, building the index
     /// from the stored interactions (once) when the rules have changed since.
     pub fn ensure_index(

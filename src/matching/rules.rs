@@ -139,7 +139,7 @@ fn match_segments(pattern: &[String], parts: &[&str]) -> bool {
 }
 
 /// `*` matches any run of characters; everything else literally.
-fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     let pieces: Vec<&str> = pattern.split('*').collect();
     if pieces.len() == 1 {
         return pattern == text;

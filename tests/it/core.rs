@@ -245,7 +245,11 @@ async fn a_miss_is_loud_and_names_what_differs() {
     assert!(other.json()["error"]["graphvcr"]["nearest"]
         .as_array()
         .is_some_and(Vec::is_empty));
-    assert!(replayer.stderr().contains("miss"), "a miss is logged");
+    assert!(
+        replayer.wait_for_log("outcome=\"miss\""),
+        "a miss is logged: {}",
+        replayer.stderr()
+    );
 }
 
 #[tokio::test]

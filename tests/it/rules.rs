@@ -656,3 +656,314 @@ async fn suggest_finds_volatile_request_fields_and_prune_removes_old_recordings(
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("pruned 3 interactions"), "{stderr}");
 }
+
+/// An upstream that answers every request with 200 and a JSON echo of its path.
+async fn echo_upstream() -> TestUpstream {
+    TestUpstream::start(|seen| {
+        let body = serde_json::json!({ "path": seen.parts.uri.to_string() }).to_string();
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_rule_changes_what_matches() {
+    let scratch = Scratch::new();
+    let config = write_config(
+        &scratch,
+        r#"
+        [match.cassettes.headers]
+        headers = ["ConsistencyLevel"]
+        [match.cassettes.query]
+        ignore_query = ["api-version"]
+        [match.cassettes.noquery]
+        query = false
+        [match.cassettes.case]
+        path_case_insensitive = true
+        [match.cassettes.exact]
+        body = "exact"
+        [match.cassettes.nobody]
+        body = "ignore"
+        [match.cassettes.arrays]
+        ignore_array_order = true
+        [match.cassettes.wildcard]
+        ignore_pointers = ["/value/*/stamp"]
+        [match.cassettes.nomethod]
+        method = false
+        "#,
+    );
+    // (cassette, recorded request, replayed request, should match)
+    type Req = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+    let cases: Vec<(&str, Req, Req, bool)> = vec![
+        (
+            "headers",
+            (
+                "GET",
+                "/v1.0/users",
+                &[("consistencylevel", "eventual")],
+                "",
+            ),
+            (
+                "GET",
+                "/v1.0/users",
+                &[("ConsistencyLevel", "eventual")],
+                "",
+            ),
+            true,
+        ),
+        (
+            "headers",
+            (
+                "GET",
+                "/v1.0/groups",
+                &[("consistencylevel", "eventual")],
+                "",
+            ),
+            ("GET", "/v1.0/groups", &[], ""),
+            false,
+        ),
+        (
+            "query",
+            ("GET", "/v1.0/me?api-version=1&$top=1", &[], ""),
+            ("GET", "/v1.0/me?$top=1&api-version=2", &[], ""),
+            true,
+        ),
+        (
+            "query",
+            ("GET", "/v1.0/you?api-version=1&$top=1", &[], ""),
+            ("GET", "/v1.0/you?$top=2", &[], ""),
+            false,
+        ),
+        (
+            "noquery",
+            ("GET", "/v1.0/me?a=1", &[], ""),
+            ("GET", "/v1.0/me?b=2", &[], ""),
+            true,
+        ),
+        (
+            "case",
+            ("GET", "/v1.0/Me/Drive", &[], ""),
+            ("GET", "/V1.0/me/drive", &[], ""),
+            true,
+        ),
+        (
+            "exact",
+            ("POST", "/v1.0/x", &[], r#"{"a":1,"b":2}"#),
+            ("POST", "/v1.0/x", &[], r#"{"b":2,"a":1}"#),
+            false,
+        ),
+        (
+            "exact",
+            ("POST", "/v1.0/y", &[], r#"{"a":1}"#),
+            ("POST", "/v1.0/y", &[], r#"{"a":1}"#),
+            true,
+        ),
+        (
+            "nobody",
+            ("POST", "/v1.0/x", &[], r#"{"a":1}"#),
+            ("POST", "/v1.0/x", &[], r#"{"a":2}"#),
+            true,
+        ),
+        (
+            "arrays",
+            ("POST", "/v1.0/x", &[], r#"{"ids":[1,2,3]}"#),
+            ("POST", "/v1.0/x", &[], r#"{"ids":[3,1,2]}"#),
+            true,
+        ),
+        (
+            "arrays",
+            ("POST", "/v1.0/y", &[], r#"{"ids":[1,2,3]}"#),
+            ("POST", "/v1.0/y", &[], r#"{"ids":[1,2]}"#),
+            false,
+        ),
+        (
+            "wildcard",
+            (
+                "POST",
+                "/v1.0/x",
+                &[],
+                r#"{"value":[{"id":1,"stamp":"a"},{"id":2,"stamp":"b"}]}"#,
+            ),
+            (
+                "POST",
+                "/v1.0/x",
+                &[],
+                r#"{"value":[{"id":1,"stamp":"c"},{"id":2,"stamp":"d"}]}"#,
+            ),
+            true,
+        ),
+        (
+            "wildcard",
+            (
+                "POST",
+                "/v1.0/y",
+                &[],
+                r#"{"value":[{"id":1,"stamp":"a"}]}"#,
+            ),
+            (
+                "POST",
+                "/v1.0/y",
+                &[],
+                r#"{"value":[{"id":9,"stamp":"a"}]}"#,
+            ),
+            false,
+        ),
+        (
+            "nomethod",
+            ("PUT", "/v1.0/x", &[], ""),
+            ("PATCH", "/v1.0/x", &[], ""),
+            true,
+        ),
+    ];
+    let upstream = echo_upstream().await;
+    let http = Http::new();
+    let send = |proxy: &Proc, cassette: &'static str, request: Req| {
+        let http = http.clone();
+        let url = proxy.url(request.1);
+        async move {
+            let mut headers: Vec<(&str, &str)> = vec![
+                ("x-graphvcr-cassette", cassette),
+                ("content-type", "application/json"),
+            ];
+            headers.extend_from_slice(request.2);
+            http.send(request.0, &url, &headers, request.3).await
+        }
+    };
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(), &["--config", &config]);
+        for (cassette, recorded, _, _) in &cases {
+            assert_eq!(send(&recorder, cassette, *recorded).await.status, 200);
+        }
+        assert!(recorder.interrupt().success());
+    }
+    let replayer = proxy(
+        &scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &["--config", &config],
+    );
+    for (cassette, recorded, replayed, should_match) in &cases {
+        let answer = send(&replayer, cassette, *replayed).await;
+        let matched = answer.header("x-graphvcr-outcome") == Some("replayed");
+        assert_eq!(
+            matched,
+            *should_match,
+            "{cassette}: recorded {recorded:?}, replayed {replayed:?}: {}",
+            answer.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn configured_header_and_pointer_sanitizers_and_max_age_apply() {
+    let scratch = Scratch::new();
+    let config = write_config(
+        &scratch,
+        r#"
+        [proxy]
+        max_age = "1ns"
+        [sanitize]
+        headers = ["x-api-key"]
+        json_pointers = ["/owner/mail"]
+        "#,
+    );
+    let upstream = TestUpstream::start(|_| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"owner":{"mail":"grace@contoso.com"},"ok":true}"#,
+            )))
+            .expect("response")
+    })
+    .await;
+    let http = Http::new();
+    let mut auto = proxy(&scratch, "auto", &upstream.url(), &["--config", &config]);
+    let headers = [
+        ("x-api-key", "key-8d1f3a"),
+        ("content-type", "application/json"),
+    ];
+    let body = r#"{"owner":{"mail":"grace@contoso.com"}}"#;
+    for _ in 0..2 {
+        let answer = http
+            .send("POST", &auto.url("/v1.0/things"), &headers, body)
+            .await;
+        assert_eq!(
+            answer.header("x-graphvcr-outcome"),
+            Some("recorded"),
+            "max_age makes every recording stale"
+        );
+        assert!(
+            answer.text().contains("grace@contoso.com"),
+            "the client gets the real answer"
+        );
+    }
+    assert!(auto.interrupt().success());
+    for secret in ["key-8d1f3a", "grace@contoso.com"] {
+        assert!(
+            files_containing(&scratch.join("store"), secret).is_empty(),
+            "{secret} on disk"
+        );
+    }
+    let (_, export, _) = run(
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert_eq!(
+        export.matches("[REDACTED]").count(),
+        6,
+        "header, request and response pointer, twice:\n{export}"
+    );
+}
+
+#[tokio::test]
+async fn compressed_request_bodies_are_decoded_for_matching() {
+    let scratch = Scratch::new();
+    let upstream = echo_upstream().await;
+    let http = Http::new();
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(), &[]);
+        let answer = http
+            .send_bytes(
+                "POST",
+                &recorder.url("/v1.0/search/query"),
+                &[
+                    ("content-type", "application/json"),
+                    ("content-encoding", "gzip"),
+                ],
+                gzip(r#"{"requests":[{"id":"1","method":"GET","url":"/me"}]}"#),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        assert!(recorder.interrupt().success());
+    }
+    let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
+    let plain = r#"{ "requests": [ { "url": "/me", "method": "GET", "id": "1" } ] }"#;
+    let answer = http
+        .send(
+            "POST",
+            &replayer.url("/v1.0/search/query"),
+            &[("content-type", "application/json")],
+            plain,
+        )
+        .await;
+    assert_eq!(
+        answer.header("x-graphvcr-outcome"),
+        Some("replayed"),
+        "{}",
+        answer.text()
+    );
+}

@@ -50,7 +50,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     pub scheme: String,
     command: String,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<(Mutex<Vec<String>>, std::sync::Condvar)>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -66,17 +67,18 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new((Mutex::new(Vec::new()), std::sync::Condvar::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
         let pipe = child.stderr.take().expect("stderr is piped");
         let lines = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("listening on ") {
                     let _ = ready_tx.send(url.trim().to_owned());
                 }
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                lines.1.notify_all();
             }
         });
         let url = match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -84,7 +86,11 @@ impl Proc {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+                let log = stderr
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .join("\n");
                 panic!(
                     "{command} did not say `listening on` within {START_TIMEOUT:?}; stderr:\n{log}"
                 );
@@ -97,6 +103,7 @@ impl Proc {
             scheme: scheme.to_owned(),
             command,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -106,15 +113,40 @@ impl Proc {
 
     pub fn stderr(&self) -> String {
         self.stderr
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .join("\n")
+    }
+
+    /// Waits (at most 10 s) until a stderr line contains `needle`; log lines are written
+    /// after the response, so a test must wait for them rather than read at once.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let (lines, changed) = &*self.stderr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if guard.iter().any(|line| line.contains(needle)) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGINT, then wait (bounded) for a clean exit.
@@ -133,6 +165,10 @@ impl Proc {
     fn wait_exit(&mut self) -> ExitStatus {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The pipe is closed now: collect the last log lines before returning.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -466,4 +502,26 @@ impl Drop for TestUpstream {
             let _ = stop.send(());
         }
     }
+}
+
+/// Runs curl (a real, independent HTTP client with proxy, HTTP/2 and TLS support) and
+/// returns (exit code, body, stderr). Bounded by curl's own --max-time.
+pub fn curl(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", ""])
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .env_remove("CURL_CA_BUNDLE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl (is it installed?): {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

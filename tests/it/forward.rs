@@ -1,0 +1,328 @@
+//! Forward-proxy mode with TLS interception and HTTP/2, driven by curl as an unmodified
+//! client would be: `--proxy` and a CA bundle, nothing else.
+
+use crate::support::*;
+
+const GRAPH_URL: &str = "https://graph.microsoft.com/v1.0/deviceManagement/deviceConfigurations/cfg-f/deviceStatuses/dev-f";
+
+/// An emulator standing in for graph.microsoft.com (its certificate names that host).
+fn graph_stand_in(scratch: &Scratch) -> Proc {
+    let cert = scratch.arg("emulator.pem");
+    Proc::start(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert-out",
+            &cert,
+            "--tls-name",
+            "graph.microsoft.com",
+        ],
+        scratch.path(),
+    )
+}
+
+/// `serve` as a forward proxy, sending graph.microsoft.com to `emulator`.
+fn forward_proxy(scratch: &Scratch, mode: &str, emulator_port: u16, extra: &[&str]) -> Proc {
+    let resolve = format!("graph.microsoft.com=127.0.0.1:{emulator_port}");
+    let ca = scratch.arg("emulator.pem");
+    let mut args = vec!["--upstream-ca", ca.as_str(), "--resolve", resolve.as_str()];
+    args.extend_from_slice(extra);
+    proxy(scratch, mode, "https://graph.microsoft.com", &args)
+}
+
+fn ca_file(scratch: &Scratch) -> String {
+    scratch
+        .join("store")
+        .join("ca")
+        .join("graphvcr-ca.pem")
+        .display()
+        .to_string()
+}
+
+fn patch_through(proxy: &Proc, scratch: &Scratch, version: &str) -> (i32, String, String) {
+    let proxy_url = format!("http://{}", proxy.addr);
+    let ca = ca_file(scratch);
+    curl(
+        &[
+            version,
+            "--suppress-connect-headers",
+            "--proxy",
+            &proxy_url,
+            "--cacert",
+            &ca,
+            "-X",
+            "PATCH",
+            GRAPH_URL,
+            "-H",
+            "authorization: Bearer sdk-token",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            SEED_BODY,
+            "-D",
+            "-",
+        ],
+        scratch.path(),
+    )
+}
+
+fn body_of(output: &str) -> &str {
+    output.split("\r\n\r\n").last().unwrap_or("")
+}
+
+#[tokio::test]
+async fn an_unmodified_client_records_and_replays_through_https_proxy() {
+    let scratch = Scratch::new();
+    let mut emulator = graph_stand_in(&scratch);
+    let port = emulator.addr.port();
+    let (recorded, recorded_h2) = {
+        let mut recorder = forward_proxy(&scratch, "record", port, &[]);
+        let (code, h1, stderr) = patch_through(&recorder, &scratch, "--http1.1");
+        assert_eq!(code, 0, "{stderr}");
+        assert!(h1.contains("x-graphvcr-outcome: recorded"), "{h1}");
+        assert!(h1.starts_with("HTTP/1.1 200"), "{h1}");
+        let (code, h2, stderr) = patch_through(&recorder, &scratch, "--http2");
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            h2.starts_with("HTTP/2 200"),
+            "ALPN h2 inside the intercepted TLS: {h2}"
+        );
+        assert!(recorder.interrupt().success());
+        (h1, h2)
+    };
+    emulator.kill();
+    // Replay: no emulator, the CONNECT is answered locally; HTTP/2 replays an
+    // HTTP/1.1 recording and the other way round.
+    let replayer = forward_proxy(&scratch, "replay", port, &[]);
+    for (version, expected) in [("--http2", &recorded), ("--http1.1", &recorded_h2)] {
+        let (code, replayed, stderr) = patch_through(&replayer, &scratch, version);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            replayed.contains("x-graphvcr-outcome: replayed"),
+            "{replayed}"
+        );
+        assert_eq!(body_of(&replayed), body_of(expected));
+        assert!(
+            body_of(&replayed).contains("\"id\":\"dev-f\""),
+            "{replayed}"
+        );
+    }
+    drop(replayer);
+    let (status, export, stderr) = run(
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--store",
+            &scratch.arg("store"),
+        ],
+        scratch.path(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        export.contains("\"host\": \"graph.microsoft.com\""),
+        "cassettes record the target host:\n{export}"
+    );
+    assert!(!export.contains("sdk-token"));
+}
+
+#[tokio::test]
+async fn other_hosts_are_tunnelled_untouched_and_never_stored() {
+    let scratch = Scratch::new();
+    // The plain self-signed emulator (localhost) is not an intercepted host.
+    let emulator = tls_emulator(&scratch);
+    let mut proxy = proxy(&scratch, "record", "https://graph.microsoft.com", &[]);
+    let url = format!(
+        "https://localhost:{}/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses",
+        emulator.addr.port()
+    );
+    let (code, body, stderr) = curl(
+        &[
+            "--proxy",
+            &format!("http://{}", proxy.addr),
+            "--cacert",
+            &scratch.arg("emulator.pem"),
+            &url,
+            "-H",
+            "authorization: Bearer t",
+        ],
+        scratch.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        body.contains("\"value\""),
+        "the emulator answered through the tunnel: {body}"
+    );
+    assert!(proxy.interrupt().success());
+    assert!(
+        proxy.stderr().contains("outcome=\"tunnel\""),
+        "{}",
+        proxy.stderr()
+    );
+    let (_, list, _) = run(
+        &["cassette", "list", "--store", &scratch.arg("store")],
+        scratch.path(),
+    );
+    assert!(!list.contains("default"), "a tunnel was stored: {list}");
+}
+
+#[tokio::test]
+async fn unknown_hosts_can_be_denied() {
+    let scratch = Scratch::new();
+    std::fs::write(
+        scratch.join("deny.toml"),
+        "[forward]\nunknown_hosts = \"deny\"\n",
+    )
+    .expect("write");
+    let proxy = proxy(
+        &scratch,
+        "record",
+        "https://graph.microsoft.com",
+        &["--config", &scratch.arg("deny.toml")],
+    );
+    let (code, _, stderr) = curl(
+        &[
+            "--proxy",
+            &format!("http://{}", proxy.addr),
+            "https://example.invalid/",
+        ],
+        scratch.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("403"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_ca_fails_tls_and_the_proxy_keeps_serving() {
+    let scratch = Scratch::new();
+    let emulator = graph_stand_in(&scratch);
+    let proxy = forward_proxy(&scratch, "record", emulator.addr.port(), &[]);
+    let proxy_url = format!("http://{}", proxy.addr);
+    let (code, _, stderr) = curl(&["--proxy", &proxy_url, GRAPH_URL], scratch.path());
+    assert_eq!(code, 60, "certificate not trusted: {stderr}");
+    let (code, _, stderr) = patch_through(&proxy, &scratch, "--http1.1");
+    assert_eq!(code, 0, "still serving: {stderr}");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("does it trust graphvcr's CA"),
+        "the proxy says why: {log}"
+    );
+}
+
+#[tokio::test]
+async fn ca_commands_create_print_and_protect_the_ca() {
+    let scratch = Scratch::new();
+    let dir = scratch.arg("ca");
+    let (status, stdout, stderr) = run(&["ca", "init", "--ca-dir", &dir], scratch.path());
+    assert!(status.success(), "{stderr}");
+    for line in [
+        "SSL_CERT_FILE=",
+        "REQUESTS_CA_BUNDLE=",
+        "NODE_EXTRA_CA_CERTS=",
+        "CURL_CA_BUNDLE=",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(scratch.join("ca").join("graphvcr-ca-key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (_, path, _) = run(&["ca", "path", "--ca-dir", &dir], scratch.path());
+    assert_eq!(
+        path.trim(),
+        scratch
+            .join("ca")
+            .join("graphvcr-ca.pem")
+            .display()
+            .to_string()
+    );
+    let (status, shown, _) = run(&["ca", "show", "--ca-dir", &dir], scratch.path());
+    assert!(status.success());
+    assert!(shown.starts_with("-----BEGIN CERTIFICATE-----"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"));
+    let (status, again, _) = run(&["ca", "init", "--ca-dir", &dir], scratch.path());
+    assert!(status.success());
+    let (_, shown_again, _) = run(&["ca", "show", "--ca-dir", &dir], scratch.path());
+    assert_eq!(shown, shown_again, "init keeps an existing CA: {again}");
+}
+
+#[tokio::test]
+async fn the_listener_speaks_h2c_and_tls_with_alpn() {
+    let scratch = Scratch::new();
+    let mut emulator = emulator(&scratch);
+    let path = status_path("cfg-2", "dev-2");
+    {
+        let mut recorder = proxy(&scratch, "record", &emulator.url(""), &[]);
+        let (code, out, stderr) = curl(
+            &[
+                "--http2-prior-knowledge",
+                "-D",
+                "-",
+                "-X",
+                "PATCH",
+                &recorder.url(&path),
+                "-H",
+                "authorization: Bearer t",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                SEED_BODY,
+            ],
+            scratch.path(),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            out.starts_with("HTTP/2 200") && out.contains("x-graphvcr-outcome: recorded"),
+            "{out}"
+        );
+        assert!(recorder.interrupt().success());
+    }
+    emulator.kill();
+    // A TLS listener with a certificate of its own, offering h2 and http/1.1.
+    let minted = graphvcr::tls::self_signed(&["localhost"]).expect("mint");
+    std::fs::write(scratch.join("proxy.pem"), &minted.cert_pem).expect("cert");
+    std::fs::write(scratch.join("proxy-key.pem"), &minted.key_pem).expect("key");
+    let tls_proxy = proxy(
+        &scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert",
+            &scratch.arg("proxy.pem"),
+            "--tls-key",
+            &scratch.arg("proxy-key.pem"),
+        ],
+    );
+    assert_eq!(tls_proxy.scheme, "https");
+    let url = format!("https://localhost:{}{path}", tls_proxy.addr.port());
+    for version in ["--http2", "--http1.1"] {
+        let (code, out, stderr) = curl(
+            &[
+                version,
+                "--cacert",
+                &scratch.arg("proxy.pem"),
+                "-D",
+                "-",
+                "-X",
+                "PATCH",
+                &url,
+                "-H",
+                "content-type: application/json",
+                "-d",
+                SEED_BODY_REORDERED,
+            ],
+            scratch.path(),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            out.contains("x-graphvcr-outcome: replayed"),
+            "{version}: {out}"
+        );
+    }
+}
