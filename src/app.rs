@@ -12,10 +12,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{Admin, AdminParts};
+use crate::audit::{AuditError, AuditLog, AuditWriter};
 use crate::config::{Config, ConfigError};
 use crate::emulate::{Emulator, EmulatorOptions};
+use crate::metrics::Metrics;
+use crate::observe::Observers;
 use crate::proxy::Proxy;
 use crate::redact::Redactor;
+use crate::remote::RemoteError;
 use crate::server::{self, Limits};
 use crate::store::{Owner, Store, StoreError};
 use crate::tls::{self, TlsError};
@@ -34,6 +39,10 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("{0}")]
     Other(String),
 }
@@ -93,6 +102,10 @@ pub struct ProxyServer {
     pub running: Running,
     pub proxy: Proxy,
     pub store: Store,
+    /// The admin API's listener, unless `admin.enabled = false`.
+    pub admin: Option<Running>,
+    pub metrics: Metrics,
+    audit: Option<AuditWriter>,
 }
 
 impl ProxyServer {
@@ -100,12 +113,47 @@ impl ProxyServer {
         self.running.addr
     }
 
-    /// Drains, flushes and releases the store's lock.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// Drains the proxy, then the admin API, then the audit queue; then flushes and
+    /// releases the store's lock (every clone of the store is gone by then).
     pub async fn stop(self) -> Result<(), AppError> {
         self.running.stop().await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
+        if let Some(audit) = self.audit {
+            audit.close().await;
+        }
         drop(self.proxy);
         self.store.close_and_release()?;
         Ok(())
+    }
+}
+
+/// Binds the admin API: `admin.listen` when set (failing start-up if it cannot), else
+/// 127.0.0.1 on the proxy's port + 1, falling back to an ephemeral port when that is
+/// taken (the emulator's default port is 7879) or the proxy's own port is ephemeral.
+async fn bind_admin(config: &Config, proxy_addr: SocketAddr) -> Result<TcpListener, AppError> {
+    if let Some(addr) = config.admin.listen {
+        return bind(addr).await;
+    }
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    let ephemeral = SocketAddr::from((loopback, 0));
+    if config.proxy.listen.port() == 0 {
+        return bind(ephemeral).await;
+    }
+    match proxy_addr.port().checked_add(1) {
+        Some(port) => match bind(SocketAddr::from((loopback, port))).await {
+            Ok(listener) => Ok(listener),
+            Err(error) => {
+                tracing::warn!(%error, "admin API falls back to an ephemeral port");
+                bind(ephemeral).await
+            }
+        },
+        None => bind(ephemeral).await,
     }
 }
 
@@ -114,19 +162,56 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)?;
     store.start_flusher();
     let upstream = Upstream::new(&config.upstream)?;
+    let redactor = Redactor::new(config.sanitize.clone());
     let proxy = Proxy::new(
         config.proxy.clone(),
         config.forward.clone(),
         config.matching.clone(),
         store.clone(),
         upstream,
-        Redactor::new(config.sanitize.clone()),
+        redactor.clone(),
     );
+    let metrics = Metrics::new();
+    let (audit_log, audit_writer) = if config.audit.enabled {
+        let (log, writer) = AuditLog::start(store.clone(), &config.audit)?;
+        (Some(log), Some(writer))
+    } else {
+        (None, None)
+    };
+    proxy.observe(Observers {
+        audit: audit_log.clone(),
+        metrics: metrics.clone(),
+        // Same rules, own counter (see `Observers::redactor`).
+        redactor: Redactor::new(config.sanitize.clone()),
+    });
     let tls = match &config.proxy.tls {
         Some((cert, key)) => Some(tls::server_config_from_files(cert, key)?),
         None => None,
     };
     let listener = bind(config.proxy.listen).await?;
+    let proxy_addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Other(format!("listener has no address: {e}")))?;
+    let admin = if config.admin.enabled {
+        let listener = bind_admin(config, proxy_addr).await?;
+        if config.admin.listen.is_some_and(|a| !a.ip().is_loopback())
+            && config.admin.token.is_none()
+        {
+            tracing::warn!("admin.listen is not a loopback address but admin.token is unset: only loopback peers will be served");
+        }
+        let handler = Admin::new(AdminParts {
+            proxy: proxy.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            audit: audit_log,
+            token: config.admin.token.clone(),
+            redactor,
+            matching: config.matching.clone(),
+        });
+        Some(spawn(listener, None, Limits::default(), Arc::new(handler))?)
+    } else {
+        None
+    };
     let limits = Limits {
         max_connections: config.proxy.max_connections,
         header_read_timeout: config.proxy.header_read_timeout,
@@ -135,12 +220,15 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let running = spawn(listener, tls, limits, Arc::new(proxy.clone()))?;
     store.write_owner(&Owner {
         pid: std::process::id(),
-        admin: None,
+        admin: admin.as_ref().map(|a| format!("http://{}", a.addr)),
     });
     Ok(ProxyServer {
         running,
         proxy,
         store,
+        admin,
+        metrics,
+        audit: audit_writer,
     })
 }
 
@@ -169,6 +257,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         upstream = %config.upstream.url,
         "proxy started"
     );
+    // The admin line comes first: whoever waits for `listening on` then has both.
+    if let Some(admin) = server.admin_addr() {
+        eprintln!("admin listening on http://{admin}");
+    }
     let scheme = if config.proxy.tls.is_some() {
         "https"
     } else {

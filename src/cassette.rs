@@ -11,6 +11,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::app::AppError;
+use crate::cli::{CassetteCommand, ExportFormat};
 use crate::config::{validate_cassette_name, MatchingConfig};
 use crate::har;
 use crate::matching::{self, rules::pointer_tokens};
@@ -18,7 +19,8 @@ use crate::record::{
     decode_body, header_value, headers_to_map, ExportDocument, ExportedInteraction, Interaction,
     EXPORT_VERSION,
 };
-use crate::store::Store;
+use crate::remote::{Remote, RemoteError};
+use crate::store::{CassetteInfo, Store};
 use crate::upstream::Upstream;
 
 /// Documents are read whole; refuse anything larger than this.
@@ -203,7 +205,10 @@ pub fn read_file(path: &Path) -> Result<String, AppError> {
 
 /// Prints the cassette list as an aligned table.
 pub fn print_list(store: &Store, out: &mut impl Write) -> Result<(), AppError> {
-    let cassettes = store.cassettes()?;
+    print_cassettes(store.cassettes()?, out)
+}
+
+fn print_cassettes(cassettes: Vec<CassetteInfo>, out: &mut impl Write) -> Result<(), AppError> {
     let width = cassettes
         .iter()
         .map(|c| c.name.len())
@@ -219,14 +224,21 @@ pub fn print_list(store: &Store, out: &mut impl Write) -> Result<(), AppError> {
 
 /// Prints one line per interaction: id, time, request, status, sizes.
 pub fn print_show(store: &Store, cassette: &str, out: &mut impl Write) -> Result<(), AppError> {
-    let interactions = load(store, cassette)?;
+    print_interactions(&load(store, cassette)?, cassette, out)
+}
+
+fn print_interactions(
+    interactions: &[Interaction],
+    cassette: &str,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
     writeln!(
         out,
         "{:>6}  {:<24}  {:<7} {:>6} {:>9} {:>9}  URI",
         "ID", "RECORDED", "METHOD", "STATUS", "REQ_BYTES", "RSP_BYTES"
     )
     .map_err(io_error)?;
-    for i in &interactions {
+    for i in interactions {
         writeln!(
             out,
             "{:>6}  {:<24}  {:<7} {:>6} {:>9} {:>9}  {}",
@@ -519,4 +531,146 @@ pub fn suggestions_toml(cassette: &str, suggestions: &Suggestions) -> String {
         ));
     }
     out
+}
+
+/// Runs a `cassette` subcommand through the admin API of the proxy that holds the
+/// store: list, show, export, import, delete and prune. `verify` and `suggest` need the
+/// store itself.
+pub async fn run_remote(
+    command: CassetteCommand,
+    remote: &Remote,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
+    match command {
+        CassetteCommand::List(_) => {
+            #[derive(serde::Deserialize)]
+            struct List {
+                cassettes: Vec<CassetteInfo>,
+            }
+            let list: List = remote.get_json("/cassettes").await?;
+            print_cassettes(list.cassettes, out)?;
+        }
+        CassetteCommand::Show { name, .. } => {
+            let document = fetch_remote(remote, &name).await?;
+            print_interactions(&document_interactions(document)?, &name, out)?;
+        }
+        CassetteCommand::Export {
+            name,
+            format,
+            out: path,
+            base_url,
+            ..
+        } => {
+            let document = fetch_remote(remote, &name).await?;
+            let text = match format {
+                ExportFormat::Json => export_text(&document),
+                ExportFormat::Har => {
+                    let base_url = base_url.trim_end_matches('/');
+                    let entries = document_interactions(document)?
+                        .iter()
+                        .map(|i| har::entry_from_interaction(i, base_url))
+                        .collect();
+                    let mut text = serde_json::to_string_pretty(&har::document(entries))
+                        .unwrap_or_default();
+                    text.push('\n');
+                    text
+                }
+            };
+            match path {
+                None => out.write_all(text.as_bytes()).map_err(io_error)?,
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| {
+                        AppError::Other(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    eprintln!("exported cassette '{name}' to {}", path.display());
+                }
+            }
+        }
+        CassetteCommand::Import { file, as_name, .. } => {
+            let text = read_file(&file)?;
+            // Parsed here too, for the document's own name and early errors.
+            let imported = parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?;
+            let name = as_name.unwrap_or(imported.cassette);
+            validate_cassette_name("cassette", &name)?;
+            #[derive(serde::Deserialize)]
+            struct Imported {
+                imported: usize,
+            }
+            let path = format!("/cassettes/{name}/interactions");
+            let body = bytes::Bytes::from(text);
+            let imported: Imported = remote.send_json(http::Method::POST, &path, body).await?;
+            eprintln!(
+                "imported {} interactions into cassette '{name}'",
+                imported.imported
+            );
+        }
+        CassetteCommand::Delete { name, .. } => {
+            validate_cassette_name("cassette", &name)?;
+            #[derive(serde::Deserialize)]
+            struct Deleted {
+                deleted: u64,
+            }
+            let path = format!("/cassettes/{name}");
+            match remote
+                .send_json::<Deleted>(http::Method::DELETE, &path, bytes::Bytes::new())
+                .await
+            {
+                Ok(deleted) => {
+                    eprintln!("deleted cassette '{name}' ({} interactions)", deleted.deleted)
+                }
+                Err(RemoteError::Status { status, .. }) if status == 404 => {
+                    return Err(AppError::Other(format!("no cassette named '{name}'")))
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        CassetteCommand::Prune {
+            name, older_than, ..
+        } => {
+            validate_cassette_name("cassette", &name)?;
+            #[derive(serde::Deserialize)]
+            struct Pruned {
+                removed: u64,
+            }
+            let encoded = percent_encoding::utf8_percent_encode(
+                &older_than,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let path = format!("/cassettes/{name}/prune?older_than={encoded}");
+            let pruned: Pruned = remote
+                .send_json(http::Method::POST, &path, bytes::Bytes::new())
+                .await?;
+            eprintln!(
+                "pruned {} interactions older than {older_than} from cassette '{name}'",
+                pruned.removed
+            );
+        }
+        CassetteCommand::Verify { .. } | CassetteCommand::Suggest { .. } => {
+            return Err(AppError::Other(format!(
+                "this cassette command needs the store itself, which the proxy with admin API {} holds; stop that proxy first",
+                remote.base()
+            )))
+        }
+    }
+    Ok(())
+}
+
+async fn fetch_remote(remote: &Remote, name: &str) -> Result<ExportDocument, AppError> {
+    validate_cassette_name("cassette", name)?;
+    Ok(remote
+        .get_json(&format!("/cassettes/{name}/interactions"))
+        .await?)
+}
+
+fn document_interactions(document: ExportDocument) -> Result<Vec<Interaction>, AppError> {
+    let cassette = document.cassette.clone();
+    document
+        .interactions
+        .into_iter()
+        .map(|exported| {
+            exported.into_interaction(&cassette).map_err(|e| {
+                AppError::Other(format!("the proxy sent a body that does not decode: {e}"))
+            })
+        })
+        .collect()
 }

@@ -39,6 +39,8 @@ pub enum Command {
     /// Inspect and move cassettes.
     #[command(subcommand)]
     Cassette(CassetteCommand),
+    /// Query the audit trail; `audit stats` summarises it, `audit verify` checks its chain.
+    Audit(Box<AuditArgs>),
     /// The local CA that forward-proxy mode uses to intercept TLS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -220,6 +222,22 @@ pub enum ExportFormat {
     Har,
 }
 
+impl CassetteCommand {
+    /// Where the command finds the store (or the proxy holding it).
+    pub fn store_args(&self) -> &StoreArgs {
+        match self {
+            Self::List(store)
+            | Self::Show { store, .. }
+            | Self::Export { store, .. }
+            | Self::Import { store, .. }
+            | Self::Delete { store, .. }
+            | Self::Prune { store, .. }
+            | Self::Verify { store, .. }
+            | Self::Suggest { store, .. } => store,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Config file; without it `./config.toml` is read when present.
@@ -228,4 +246,74 @@ pub struct StoreArgs {
     /// Directory of the cassette store.
     #[arg(long, env = "GRAPHVCR_STORE")]
     pub store: Option<PathBuf>,
+    /// A running proxy's admin API (http://HOST:PORT). Without it, the store's holder is
+    /// found through the store's owner file when the store is locked.
+    #[arg(long, env = "GRAPHVCR_ADMIN")]
+    pub admin: Option<String>,
+}
+
+/// `graphvcr audit [FILTERS] [--format ..]`, or one of its subcommands.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    #[command(flatten)]
+    pub filters: AuditFilterArgs,
+    /// table (aligned, for people), jsonl (one record per line) or har (HAR 1.2).
+    #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+    pub format: AuditFormat,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Jsonl,
+    Har,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Counts by outcome and status, and latency percentiles (p50/p90/p99).
+    Stats {
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check the hash chain; exits 1 naming the first edited, inserted or removed record.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Audit filters; the admin API's `GET /audit` takes the same names as query parameters.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AuditFilterArgs {
+    /// From this time on: RFC 3339 (2026-01-31T12:00:00Z) or a duration back (1h, 30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time: RFC 3339 or a duration back.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Status codes: 404, a class like 4xx, or a list (2xx,404).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// HTTP method, any case.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Path glob: `*` within a segment, `**` across segments, `?` one character.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// recorded, replayed, miss, passthrough, upstream_error, rejected or error.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    #[arg(long)]
+    pub cassette: Option<String>,
+    /// Only the most recent N matching records.
+    #[arg(long)]
+    pub limit: Option<String>,
 }

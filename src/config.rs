@@ -35,6 +35,12 @@ pub mod defaults {
     pub const STORE: &str = "cassettes/store";
     pub const CACHE_CAPACITY_MB: u64 = 8;
     pub const CONFIG_FILE: &str = "config.toml";
+    pub const AUDIT_ENABLED: bool = true;
+    pub const AUDIT_BODIES: bool = false;
+    pub const AUDIT_MAX_BODY_BYTES: usize = 64 * 1024;
+    pub const AUDIT_MAX_RECORDS: u64 = 100_000;
+    pub const AUDIT_MAX_AGE: &str = "90days";
+    pub const ADMIN_ENABLED: bool = true;
     /// The interception CA's directory, under the store.
     pub const CA_SUBDIR: &str = "ca";
 }
@@ -89,6 +95,34 @@ pub struct Config {
     pub matching: MatchingConfig,
     pub sanitize: SanitizeConfig,
     pub forward: ForwardConfig,
+    pub audit: AuditConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[audit]`: the trail of every exchange (see `audit`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Write an audit record for every exchange.
+    pub enabled: bool,
+    /// Keep sanitized request and response bodies in the records.
+    pub bodies: bool,
+    /// Bodies larger than this are not kept (their size still is).
+    pub max_body_bytes: usize,
+    /// Keep at most this many records, pruning the oldest; 0 keeps all.
+    pub max_records: u64,
+    /// Prune records older than this; `None` keeps all.
+    pub max_age: Option<Duration>,
+}
+
+/// `[admin]`: the admin API's listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// `None`: 127.0.0.1 on the proxy's port + 1 (an ephemeral port when the proxy's is 0,
+    /// or when that port is taken).
+    pub listen: Option<SocketAddr>,
+    /// Bearer token that lets non-loopback peers in; without one they are refused.
+    pub token: Option<String>,
 }
 
 /// Forward-proxy behaviour: which CONNECT targets are intercepted and recorded.
@@ -190,6 +224,29 @@ pub struct FileConfig {
     pub sanitize: FileSanitize,
     #[serde(default)]
     pub forward: FileForward,
+    #[serde(default)]
+    pub audit: FileAudit,
+    #[serde(default)]
+    pub admin: FileAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    pub enabled: Option<bool>,
+    pub bodies: Option<bool>,
+    pub max_body_bytes: Option<usize>,
+    pub max_records: Option<u64>,
+    /// A duration ("90days"), or "0" to keep records of any age.
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +357,8 @@ impl Config {
             matching,
             sanitize,
             forward,
+            audit,
+            admin,
         } = file;
         let store_path = args
             .store
@@ -429,6 +488,8 @@ impl Config {
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
+            audit: resolve_audit(audit)?,
+            admin: resolve_admin(admin)?,
             forward: ForwardConfig {
                 intercept_hosts: forward.intercept_hosts.unwrap_or_else(|| {
                     crate::graph::GRAPH_HOSTS
@@ -454,6 +515,52 @@ impl Config {
             },
         })
     }
+}
+
+fn resolve_audit(audit: FileAudit) -> Result<AuditConfig, ConfigError> {
+    let max_age = audit
+        .max_age
+        .unwrap_or_else(|| defaults::AUDIT_MAX_AGE.to_owned());
+    let max_age = if max_age.trim() == "0" {
+        None
+    } else {
+        Some(duration(
+            "audit.max_age",
+            Some(&max_age),
+            defaults::AUDIT_MAX_AGE,
+        )?)
+    };
+    Ok(AuditConfig {
+        enabled: audit.enabled.unwrap_or(defaults::AUDIT_ENABLED),
+        bodies: audit.bodies.unwrap_or(defaults::AUDIT_BODIES),
+        max_body_bytes: audit
+            .max_body_bytes
+            .unwrap_or(defaults::AUDIT_MAX_BODY_BYTES),
+        max_records: audit.max_records.unwrap_or(defaults::AUDIT_MAX_RECORDS),
+        max_age,
+    })
+}
+
+fn resolve_admin(admin: FileAdmin) -> Result<AdminConfig, ConfigError> {
+    let listen = admin
+        .listen
+        .filter(|text| !text.is_empty())
+        .map(|text| parse_addr("admin.listen", &text))
+        .transpose()?;
+    let token = admin.token.filter(|t| !t.is_empty());
+    if let Some(token) = &token {
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid {
+                key: "admin.token".into(),
+                message: "must be at least 16 printable ASCII characters without spaces".into(),
+            });
+        }
+    }
+    Ok(AdminConfig {
+        enabled: admin.enabled.unwrap_or(defaults::ADMIN_ENABLED),
+        listen,
+        token,
+    })
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -588,5 +695,9 @@ mod tests {
         );
         check("[proxy]\nmax_body_bytes = 0\n", "proxy.max_body_bytes");
         check("[proxy]\nmax_body_bytes = \"big\"\n", "max_body_bytes");
+        check("[audit]\nmax_age = \"forever\"\n", "audit.max_age");
+        check("[audit]\nkeep = true\n", "keep");
+        check("[admin]\nlisten = \"nowhere\"\n", "admin.listen");
+        check("[admin]\ntoken = \"short\"\n", "admin.token");
     }
 }

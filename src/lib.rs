@@ -17,8 +17,15 @@
 //! - [`ca`]: the local CA that signs intercepted hosts' certificates.
 //! - [`har`]: HAR 1.2 conversion; [`cassette`]: the cassette subcommands.
 //! - [`error`]: the proxy's error type and its mapping to status codes.
+//! - [`audit`]: the hash-chained audit trail: records, queries, formats, the writer.
+//! - [`observe`]: the proxy's one report per exchange, to the audit and the metrics.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`admin`]: the admin API (mode, cassettes, audit, metrics) on its own listener.
+//! - [`remote`]: the CLI's client for a running proxy's admin API.
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod ca;
 pub mod cassette;
 pub mod cli;
@@ -30,9 +37,12 @@ pub mod forward;
 pub mod graph;
 pub mod har;
 pub mod matching;
+pub mod metrics;
+pub mod observe;
 pub mod proxy;
 pub mod record;
 pub mod redact;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -11,6 +11,7 @@ use graphvcr::ca::CertificateAuthority;
 use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command, ExportFormat, LogFormat};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
+use graphvcr::remote::{self, Target};
 use graphvcr::store::Store;
 use graphvcr::{cassette, demo};
 
@@ -75,6 +76,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args.serve).await?,
         Command::Cassette(command) => run_cassette(command).await?,
+        Command::Audit(args) => {
+            graphvcr::audit::command::run(*args, &mut std::io::stdout().lock()).await?
+        }
         Command::Ca(command) => run_ca(command)?,
     }
     Ok(())
@@ -116,10 +120,20 @@ fn run_ca(command: CaCommand) -> anyhow::Result<()> {
 }
 
 async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
-    let open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<(Store, Config)> {
+    // The store, or the admin API of the running proxy that holds it.
+    let mut local = match remote::open(command.store_args()).map_err(AppError::from)? {
+        Target::Remote(remote) => {
+            let mut stdout = std::io::stdout().lock();
+            cassette::run_remote(command, &remote, &mut stdout).await?;
+            return Ok(());
+        }
+        Target::Local(store) => Some(store),
+    };
+    let mut open = |args: &graphvcr::cli::StoreArgs| -> anyhow::Result<(Store, Config)> {
         let config = Config::resolve_store(args).map_err(AppError::from)?;
-        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)
-            .map_err(AppError::from)?;
+        let store = local
+            .take()
+            .context("the store is opened once per command")?;
         store.start_flusher();
         Ok((store, config))
     };
@@ -161,8 +175,7 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             as_name,
             store,
         } => {
-            let store_args = store;
-            let (store, config) = open(&store_args)?;
+            let (store, config) = open(&store)?;
             let text = cassette::read_file(&file)?;
             let imported =
                 cassette::parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?;
@@ -177,7 +190,9 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             // sled writes its recovery snapshot only while opening a store. Open it once
             // more now, so that the next `serve` does not replay the whole import from the
             // log at start-up (a 100,000-interaction import: ~0.4 s more on first start).
-            open(&store_args)?.0.close_and_release()?;
+            Store::open(&config.store.path, config.store.cache_capacity_bytes)
+                .map_err(AppError::from)?
+                .close_and_release()?;
             eprintln!("imported {count} interactions into cassette '{name}'");
         }
         CassetteCommand::Delete { name, store } => {

@@ -23,6 +23,7 @@ use crate::error::{MissReport, Nearest, ProxyError};
 use crate::forward::{self, Interceptor, Target};
 use crate::graph;
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
+use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
@@ -109,6 +110,8 @@ struct Shared {
     store: Store,
     upstream: Upstream,
     redactor: Redactor,
+    /// Audit and metrics, attached once after start-up (see `observe`).
+    observers: std::sync::OnceLock<Observers>,
 }
 
 /// A successful answer, before provenance headers are added.
@@ -163,8 +166,15 @@ impl Proxy {
                 store,
                 upstream,
                 redactor,
+                observers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports every exchange from now on to `observers` (audit and metrics). Set once;
+    /// later calls are ignored.
+    pub fn observe(&self, observers: Observers) {
+        let _ = self.shared.observers.set(observers);
     }
 
     pub fn defaults(&self) -> Defaults {
@@ -211,13 +221,23 @@ impl Proxy {
             None => matching::path_of(&sanitized_uri).to_owned(),
         };
         let defaults = self.defaults();
-        let exchange = self.exchange(request, &defaults, sanitized_uri, target);
+        let observers = self.shared.observers.get();
+        let started_at = SystemTime::now();
+        let facts = observers.map(|_| Self::request_facts(&request, &sanitized_uri));
+        let mut trace = Trace::new(defaults.mode, &defaults.cassette, request.headers());
+        let keep_bodies = observers.is_some_and(Observers::keeps_bodies);
+        let (mut upstream_latency, mut interaction, mut response_body) = (None, None, None);
+        let exchange = self.exchange(request, &defaults, sanitized_uri, target, &mut trace);
         let (response, outcome, status, detail) = match exchange.await {
             Ok((served, cassette)) => {
                 let status = served.status;
                 let outcome = served.outcome;
                 let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
-                let interaction = served.interaction;
+                upstream_latency = served.upstream_latency;
+                interaction = served.interaction;
+                if keep_bodies {
+                    response_body = Some(served.body.clone());
+                }
                 tracing::info!(
                     target: "graphvcr::exchange",
                     %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
@@ -245,7 +265,42 @@ impl Proxy {
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange");
             }
         }
+        if let (Some(observers), Some(facts)) = (observers, &facts) {
+            observers.exchange(Exchange {
+                started: started_at,
+                latency: started.elapsed(),
+                peer,
+                request: facts,
+                trace,
+                outcome,
+                upstream_latency,
+                interaction,
+                response: &response,
+                response_body,
+            });
+        }
         response
+    }
+
+    /// What the audit keeps of a request, taken before the pipeline consumes it.
+    fn request_facts(request: &Request<Incoming>, sanitized_uri: &str) -> RequestFacts {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        RequestFacts {
+            method: request.method().as_str().to_owned(),
+            host: header(header::HOST.as_str())
+                .or_else(|| request.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            uri: sanitized_uri.to_owned(),
+            http_version: format!("{:?}", request.version()),
+            content_type: header(header::CONTENT_TYPE.as_str()),
+            client_request_id: header(graph::CLIENT_REQUEST_ID),
+        }
     }
 
     /// A CONNECT: intercepted (TLS terminated here) or tunnelled, as configured.
@@ -256,8 +311,16 @@ impl Proxy {
         started: Instant,
     ) -> Response<Full<Bytes>> {
         let authority = request.uri().to_string();
+        // A tunnel is one audited exchange (graphvcr sees bytes, not requests, inside
+        // it); an intercepted CONNECT is not, the requests decrypted from it are.
+        let facts = self
+            .shared
+            .observers
+            .get()
+            .map(|_| Self::request_facts(&request, &authority));
+        let started_at = SystemTime::now();
         let shared = &self.shared;
-        match shared
+        let (response, outcome) = match shared
             .interceptor
             .connect(&self, &shared.upstream, request, peer)
             .await
@@ -273,7 +336,10 @@ impl Proxy {
                     %peer, method = "CONNECT", path = %target.authority(), status = 200u16, outcome,
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange"
                 );
-                response
+                if target.intercepted {
+                    return response;
+                }
+                (response, Outcome::Tunnel)
             }
             Err(error) => {
                 let outcome = error_outcome(&error);
@@ -282,9 +348,25 @@ impl Proxy {
                     %peer, method = "CONNECT", path = %authority, status = error.status().as_u16(),
                     outcome = outcome.as_str(), error = %error, "exchange"
                 );
-                self.error_response(&error, outcome, None)
+                (self.error_response(&error, outcome, None), outcome)
             }
+        };
+        if let (Some(observers), Some(facts)) = (self.shared.observers.get(), &facts) {
+            let cassette = self.defaults().cassette;
+            observers.exchange(Exchange {
+                started: started_at,
+                latency: started.elapsed(),
+                peer,
+                request: facts,
+                trace: Trace::new(Mode::Passthrough, &cassette, &HeaderMap::new()),
+                outcome,
+                upstream_latency: None,
+                interaction: None,
+                response: &response,
+                response_body: None,
+            });
         }
+        response
     }
 
     async fn exchange(
@@ -293,9 +375,10 @@ impl Proxy {
         defaults: &Defaults,
         sanitized_uri: String,
         target: Option<Target>,
+        trace: &mut Trace,
     ) -> Result<(Served, String), ProxyError> {
         let prepared = self
-            .prepare(request, defaults, sanitized_uri, target)
+            .prepare(request, defaults, sanitized_uri, target, trace)
             .await?;
         let cassette = prepared.cassette.clone();
         if let Some(target) = prepared.target.as_ref().filter(|t| !t.intercepted) {
@@ -331,6 +414,7 @@ impl Proxy {
         defaults: &Defaults,
         sanitized_uri: String,
         target: Option<Target>,
+        trace: &mut Trace,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let cassette = match parts.headers.get(CASSETTE_HEADER) {
@@ -357,7 +441,10 @@ impl Proxy {
                 }
             })?,
         };
+        trace.mode = mode;
+        trace.cassette.clone_from(&cassette);
         let body = self.read_body(&parts.headers, body).await?;
+        trace.request_bytes = body.len() as u64;
         let forward_headers = forward_headers(&parts.headers);
         let uri = parts
             .uri
@@ -373,6 +460,15 @@ impl Proxy {
             headers: sanitized.headers,
             body: sanitized.body,
         };
+        if self
+            .shared
+            .observers
+            .get()
+            .is_some_and(Observers::keeps_bodies)
+        {
+            trace.request_body = Some(stored_request.body.clone());
+        }
+
         let rule_set = self.shared.matching.for_cassette(&cassette);
         let rules = rule_set.rules_for(
             &stored_request.method,

@@ -7,7 +7,8 @@
 //!   episodes, never of the cassette;
 //! - `indexes`: `cassette \0 rules-fingerprint` -> nothing: the index for these rules is
 //!   complete. When the match rules change, the cassette is re-indexed once, on first use;
-//! - `cassettes`: cassette names.
+//! - `cassettes`: cassette names;
+//! - `audit`: the audit trail, records by sequence number (see [`AuditTree`]).
 //!
 //! Durability is group commit: writers insert, then wait on a shared flusher that runs
 //! one `flush` for every writer that arrived while the previous flush ran. Concurrent
@@ -117,6 +118,7 @@ struct Inner {
     index: sled::Tree,
     indexes: sled::Tree,
     cassettes: sled::Tree,
+    audit: sled::Tree,
     /// Episodes served so far per cassette and `fingerprint match-key`, for sequential
     /// replay. Fixed-size keys: one entry per replayed request of a 100,000-interaction
     /// cassette costs ~60 bytes instead of ~110 with a heap-allocated prefix.
@@ -146,6 +148,7 @@ impl Store {
         let index = db.open_tree("index")?;
         let indexes = db.open_tree("indexes")?;
         let cassettes = db.open_tree("cassettes")?;
+        let audit = db.open_tree(AUDIT_TREE)?;
         let (flush_requests, flush_receiver) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -155,6 +158,7 @@ impl Store {
                 index,
                 indexes,
                 cassettes,
+                audit,
                 cursors: Mutex::new(HashMap::new()),
                 complete: Mutex::new(HashSet::new()),
                 index_lock: Mutex::new(()),
@@ -630,6 +634,122 @@ impl Store {
                 path.display()
             ))),
         }
+    }
+}
+
+/// sled tree of the audit trail. Keys: `r` + sequence number (8 bytes, big-endian) for
+/// records, so key order is append order; `m/anchor` and `m/head` for the chain's ends.
+/// Tests that tamper with the trail open this tree directly.
+pub const AUDIT_TREE: &str = "audit";
+const AUDIT_RECORD: u8 = b'r';
+const AUDIT_ANCHOR: &[u8] = b"m/anchor";
+const AUDIT_HEAD: &[u8] = b"m/head";
+
+/// The key of audit record `seq`.
+pub fn audit_key(seq: u64) -> [u8; 9] {
+    let mut key = [AUDIT_RECORD; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn audit_seq(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// The audit trail's storage: opaque record bytes by sequence number, plus two small
+/// values (the anchor left by pruning and the head after the last append). The record
+/// format and the hash chain belong to `audit`; this only keeps bytes in order.
+pub struct AuditTree<'a> {
+    tree: &'a sled::Tree,
+}
+
+impl Store {
+    /// The audit trail's tree.
+    pub fn audit(&self) -> AuditTree<'_> {
+        AuditTree {
+            tree: &self.inner.audit,
+        }
+    }
+}
+
+impl AuditTree<'_> {
+    /// Appends records and moves the head, atomically. Not flushed: the caller relies on
+    /// the store's flush policy (sled's periodic flush, the group flusher, the final flush).
+    pub fn append(&self, records: &[(u64, Vec<u8>)], head: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in records {
+            batch.insert(&audit_key(*seq)[..], bytes.as_slice());
+        }
+        batch.insert(AUDIT_HEAD, head);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every record, oldest first, as `(seq, bytes)`.
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.tree.scan_prefix([AUDIT_RECORD]).map(|entry| {
+            let (key, value) = entry?;
+            let seq = audit_seq(&key).ok_or_else(|| StoreError::Decode {
+                key: format!("audit key {key:?}"),
+                detail: "not a sequence number".to_owned(),
+            })?;
+            Ok((seq, value.to_vec()))
+        })
+    }
+
+    /// The newest record.
+    pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.tree.scan_prefix([AUDIT_RECORD]).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(audit_seq(&key).map(|seq| (seq, value.to_vec())))
+            }
+        }
+    }
+
+    /// How many records there are (a key scan: for start-up and metrics, not per request).
+    pub fn len(&self) -> usize {
+        self.tree.scan_prefix([AUDIT_RECORD]).keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.scan_prefix([AUDIT_RECORD]).next().is_none()
+    }
+
+    /// The anchor left by the last pruning.
+    pub fn anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(AUDIT_ANCHOR)?.map(|v| v.to_vec()))
+    }
+
+    /// The head written with the last append.
+    pub fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(AUDIT_HEAD)?.map(|v| v.to_vec()))
+    }
+
+    /// Removes one record and nothing else: what someone deleting it by hand leaves.
+    #[cfg(test)]
+    pub(crate) fn remove_one(&self, seq: u64) -> Result<(), StoreError> {
+        self.tree.remove(audit_key(seq))?;
+        Ok(())
+    }
+
+    /// Removes every record up to and including `through`, and sets the anchor, atomically.
+    pub fn prune(&self, through: u64, anchor: &[u8]) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in self
+            .tree
+            .range(&audit_key(0)[..]..=&audit_key(through)[..])
+            .keys()
+        {
+            batch.remove(key?);
+            removed += 1;
+        }
+        batch.insert(AUDIT_ANCHOR, anchor);
+        self.tree.apply_batch(batch)?;
+        Ok(removed)
     }
 }
 

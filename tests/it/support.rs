@@ -49,6 +49,8 @@ pub struct Proc {
     child: Child,
     pub addr: SocketAddr,
     pub scheme: String,
+    /// The admin API's base URL, from the `admin listening on` line `serve` prints first.
+    pub admin: Option<String>,
     command: String,
     stderr: Arc<(Mutex<Vec<String>>, std::sync::Condvar)>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -71,11 +73,17 @@ impl Proc {
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
         let pipe = child.stderr.take().expect("stderr is piped");
         let lines = stderr.clone();
+        let admin = Arc::new(Mutex::new(None::<String>));
+        let admin_slot = admin.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("listening on ") {
                     let _ = ready_tx.send(url.trim().to_owned());
+                }
+                if let Some(url) = line.strip_prefix("admin listening on ") {
+                    *admin_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(url.trim().to_owned());
                 }
                 lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 lines.1.notify_all();
@@ -97,10 +105,13 @@ impl Proc {
             }
         };
         let (scheme, addr) = url.split_once("://").expect("listening line has a scheme");
+        let admin_url = admin.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Proc {
             child,
             addr: addr.parse().expect("listening line has an address"),
             scheme: scheme.to_owned(),
+            // Printed before `listening on`, so already read.
+            admin: admin_url,
             command,
             stderr,
             reader: Some(reader),
@@ -109,6 +120,18 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// A URL on the admin API; panics when the process runs none.
+    pub fn admin_url(&self, path: &str) -> String {
+        let base = self.admin.as_deref().unwrap_or_else(|| {
+            panic!(
+                "{} printed no `admin listening on` line; stderr:\n{}",
+                self.command,
+                self.stderr()
+            )
+        });
+        format!("{base}{path}")
     }
 
     pub fn stderr(&self) -> String {

@@ -1,0 +1,577 @@
+//! The admin API: JSON over HTTP on its own listener, for test suites and operators
+//! driving a running proxy (switch mode or cassette, list and remove cassettes, read and
+//! verify the audit, scrape metrics) and for the CLI while the proxy holds the store.
+//!
+//! Access: loopback peers are served; any other peer only with `admin.token` configured
+//! and sent as `Authorization: Bearer TOKEN` ([`access`]). Errors use Graph's error
+//! shape, like everything else graphvcr answers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::audit::format::{self, Format};
+use crate::audit::query::FilterSpec;
+use crate::audit::{self, AuditError, AuditLog};
+use crate::config::{validate_cassette_name, MatchingConfig, Mode};
+use crate::metrics::{self, Metrics};
+use crate::proxy::{Defaults, Proxy};
+use crate::redact::Redactor;
+use crate::server::{Handler, ResponseFuture};
+use crate::store::Store;
+use crate::{cassette, graph};
+
+/// Largest request body the admin API reads (an imported cassette document).
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Time a client gets to send that body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether a peer may use the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// A token is configured, and the peer did not send it: 401.
+    Unauthorized,
+    /// No token is configured, so only loopback peers are served: 403.
+    Forbidden,
+}
+
+/// The access rule, pure so it can be tested with addresses tests cannot connect from:
+/// loopback is always served; others need the configured token as a Bearer token.
+pub fn access(peer: IpAddr, token: Option<&str>, authorization: Option<&str>) -> Access {
+    let loopback = match peer {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    };
+    if loopback {
+        return Access::Allowed;
+    }
+    let Some(expected) = token else {
+        return Access::Forbidden;
+    };
+    let presented = authorization
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), expected.as_bytes()) => {
+            Access::Allowed
+        }
+        _ => Access::Unauthorized,
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the admin API needs `Authorization: Bearer <admin.token>` from this address")]
+    Unauthorized,
+    #[error("the admin API serves loopback peers only (set admin.token to admit others)")]
+    Forbidden,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "ResourceNotFound",
+            Self::MethodNotAllowed { .. } => "MethodNotAllowed",
+            Self::BadRequest(_) => "BadRequest",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden => "Forbidden",
+            Self::Internal(_) => "InternalServerError",
+        }
+    }
+}
+
+impl From<AuditError> for AdminError {
+    fn from(error: AuditError) -> Self {
+        match error {
+            AuditError::Query(message) => Self::BadRequest(message),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AdminError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// The admin API handler. Clones share the proxy, store and metrics.
+#[derive(Clone)]
+pub struct Admin {
+    proxy: Proxy,
+    store: Store,
+    metrics: Metrics,
+    audit: Option<AuditLog>,
+    token: Option<String>,
+    /// The proxy's redactor, for its running count of redactions.
+    redactor: Redactor,
+    /// Rules that index imported cassettes, as the proxy's own recordings are.
+    matching: MatchingConfig,
+}
+
+/// What the admin API is built from.
+pub struct AdminParts {
+    pub proxy: Proxy,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub audit: Option<AuditLog>,
+    pub token: Option<String>,
+    pub redactor: Redactor,
+    pub matching: MatchingConfig,
+}
+
+impl Admin {
+    pub fn new(parts: AdminParts) -> Self {
+        let AdminParts {
+            proxy,
+            store,
+            metrics,
+            audit,
+            token,
+            redactor,
+            matching,
+        } = parts;
+        Self {
+            proxy,
+            store,
+            metrics,
+            audit,
+            token,
+            redactor,
+            matching,
+        }
+    }
+
+    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let result = match access(peer.ip(), self.token.as_deref(), authorization) {
+            Access::Allowed => self.route(request).await,
+            Access::Unauthorized => Err(AdminError::Unauthorized),
+            Access::Forbidden => Err(AdminError::Forbidden),
+        };
+        match result {
+            Ok(response) => {
+                tracing::debug!(target: "graphvcr::admin", %peer, %method, %path,
+                    status = response.status().as_u16(), "admin request");
+                response
+            }
+            Err(error) => {
+                tracing::info!(target: "graphvcr::admin", %peer, %method, %path,
+                    status = error.status().as_u16(), error = %error, "admin request refused");
+                let mut response =
+                    graph::error_response(error.status(), error.code(), &error.to_string(), None);
+                match &error {
+                    AdminError::MethodNotAllowed { allow, .. } => {
+                        response
+                            .headers_mut()
+                            .insert(header::ALLOW, HeaderValue::from_static(allow));
+                    }
+                    AdminError::Unauthorized => {
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer realm=\"graphvcr-admin\""),
+                        );
+                    }
+                    _ => {}
+                }
+                response
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let not_allowed = |allow: &'static str| AdminError::MethodNotAllowed {
+            method: method.clone(),
+            path: path.clone(),
+            allow,
+        };
+        match (segments.as_slice(), &method) {
+            (["health"], &Method::GET) => Ok(self.health()),
+            (["health"], _) => Err(not_allowed("GET")),
+            (["mode"], &Method::GET) => Ok(self.mode()),
+            (["mode"], &Method::PUT) => self.set_mode(read_body(request).await?),
+            (["mode"], _) => Err(not_allowed("GET, PUT")),
+            (["cassettes"], &Method::GET) => self.cassettes(),
+            (["cassettes"], _) => Err(not_allowed("GET")),
+            (["cassettes", name], &Method::DELETE) => self.delete(cassette_name(name)?).await,
+            (["cassettes", _], _) => Err(not_allowed("DELETE")),
+            (["cassettes", name, "interactions"], &Method::GET) => {
+                self.interactions(cassette_name(name)?).await
+            }
+            (["cassettes", name, "interactions"], &Method::POST) => {
+                let name = cassette_name(name)?;
+                self.import(name, read_body(request).await?).await
+            }
+            (["cassettes", _, "interactions"], _) => Err(not_allowed("GET, POST")),
+            (["cassettes", name, "select"], &Method::POST) => self.select(cassette_name(name)?),
+            (["cassettes", name, "prune"], &Method::POST) => {
+                self.prune(cassette_name(name)?, &query).await
+            }
+            (["cassettes", _, "prune"], _) => Err(not_allowed("POST")),
+            (["cassettes", _, "select"], _) => Err(not_allowed("POST")),
+            (["audit"], &Method::GET) => self.audit(&query).await,
+            (["audit"], _) => Err(not_allowed("GET")),
+            (["audit", "stats"], &Method::GET) => self.audit_stats(&query).await,
+            (["audit", "verify"], &Method::GET) => self.verify().await,
+            (["audit", "stats" | "verify"], _) => Err(not_allowed("GET")),
+            (["metrics"], &Method::GET) => Ok(self.metrics()),
+            (["metrics"], _) => Err(not_allowed("GET")),
+            _ => Err(AdminError::NotFound(format!(
+                "no admin resource at {path}; see README.md, \"Admin API\""
+            ))),
+        }
+    }
+
+    fn health(&self) -> Response<Full<Bytes>> {
+        let defaults = self.proxy.defaults();
+        json_ok(json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "mode": defaults.mode,
+            "cassette": defaults.cassette,
+        }))
+    }
+
+    fn mode(&self) -> Response<Full<Bytes>> {
+        let defaults = self.proxy.defaults();
+        json_ok(json!({"mode": defaults.mode, "cassette": defaults.cassette}))
+    }
+
+    fn set_mode(&self, body: Bytes) -> Result<Response<Full<Bytes>>, AdminError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ModeBody {
+            mode: String,
+        }
+        let parsed: ModeBody = serde_json::from_slice(&body).map_err(|e| {
+            AdminError::BadRequest(format!("expected {{\"mode\": \"replay\"}}: {e}"))
+        })?;
+        let mode = Mode::parse(&parsed.mode).ok_or_else(|| {
+            AdminError::BadRequest(format!(
+                "mode {:?} is not one of record, replay, auto, passthrough",
+                parsed.mode
+            ))
+        })?;
+        let mut defaults = self.proxy.defaults();
+        defaults.mode = mode;
+        self.proxy.set_defaults(defaults);
+        tracing::info!(target: "graphvcr::admin", %mode, "default mode switched");
+        Ok(self.mode())
+    }
+
+    fn select(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {
+        let Defaults { mode, .. } = self.proxy.defaults();
+        tracing::info!(target: "graphvcr::admin", cassette = %name, "default cassette switched");
+        self.proxy.set_defaults(Defaults {
+            mode,
+            cassette: name,
+        });
+        Ok(self.mode())
+    }
+
+    fn cassettes(&self) -> Result<Response<Full<Bytes>>, AdminError> {
+        let cassettes = self.store.cassettes()?;
+        Ok(json_ok(json!({
+            "default": self.proxy.defaults().cassette,
+            "cassettes": cassettes,
+        })))
+    }
+
+    async fn interactions(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {
+        let store = self.store.clone();
+        let missing = format!("no cassette named '{name}'");
+        let document = blocking(move || {
+            let known = store.cassettes()?.iter().any(|c| c.name == name);
+            if !known {
+                return Ok(None);
+            }
+            cassette::export(&store, &name)
+                .map(Some)
+                .map_err(|e| AdminError::Internal(e.to_string()))
+        })
+        .await?
+        .ok_or(AdminError::NotFound(missing))?;
+        Ok(json_ok(serde_json::to_value(document).unwrap_or_default()))
+    }
+
+    /// Imports an export document or a HAR 1.2 file into cassette `name`.
+    async fn import(&self, name: String, body: Bytes) -> Result<Response<Full<Bytes>>, AdminError> {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| AdminError::BadRequest("the document is not UTF-8".into()))?;
+        let imported = cassette::parse_any(text, std::path::Path::new("request body"), &name)
+            .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        let store = self.store.clone();
+        let matching = self.matching.clone();
+        let cassette = name.clone();
+        let count = blocking(move || {
+            cassette::import_interactions(&store, &cassette, imported.interactions, &matching)
+                .map_err(|e| AdminError::BadRequest(e.to_string()))
+        })
+        .await?;
+        Ok(json_ok(json!({"cassette": name, "imported": count})))
+    }
+
+    /// `POST /cassettes/{name}/prune?older_than=30d`: removes interactions recorded
+    /// longer ago than the duration, as `graphvcr cassette prune` does.
+    async fn prune(&self, name: String, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+        let text = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("older_than="))
+            .map(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .ok_or_else(|| AdminError::BadRequest("older_than=DURATION is required".into()))?;
+        let age = humantime::parse_duration(&text).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "older_than {text:?} is not a duration like 30d: {e}"
+            ))
+        })?;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(age)
+            .ok_or_else(|| AdminError::BadRequest("older_than reaches before 1970".into()))?;
+        let removed = self.store.prune(&name, cutoff).await?;
+        Ok(json_ok(json!({"cassette": name, "removed": removed})))
+    }
+
+    async fn delete(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {
+        match self.store.delete_cassette(&name).await? {
+            Some(count) => Ok(json_ok(json!({"cassette": name, "deleted": count}))),
+            None => Err(AdminError::NotFound(format!("no cassette named '{name}'"))),
+        }
+    }
+
+    async fn audit(&self, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+        let format = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("format="))
+            .unwrap_or("json")
+            .to_owned();
+        let records = self.query(query).await?;
+        let (content_type, body) = match format.as_str() {
+            "json" => (
+                "application/json",
+                json!({ "records": records }).to_string(),
+            ),
+            other => match Format::parse(other) {
+                Some(Format::Jsonl) => ("application/x-ndjson", format::jsonl(&records)),
+                Some(Format::Har) => ("application/json", format::har(&records).to_string()),
+                Some(Format::Table) => ("text/plain; charset=utf-8", format::table(&records)),
+                None => {
+                    return Err(AdminError::BadRequest(format!(
+                        "format {other:?} is not one of json, jsonl, har, table"
+                    )))
+                }
+            },
+        };
+        Ok(text_ok(content_type, body))
+    }
+
+    async fn audit_stats(&self, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+        let records = self.query(query).await?;
+        Ok(json_ok(
+            serde_json::to_value(format::stats(&records)).unwrap_or_default(),
+        ))
+    }
+
+    async fn query(&self, query: &str) -> Result<Vec<audit::AuditRecord>, AdminError> {
+        let filter = FilterSpec::from_query(query)?.parse(std::time::SystemTime::now())?;
+        self.sync_audit().await;
+        let store = self.store.clone();
+        blocking(move || audit::query(&store, &filter).map_err(AdminError::from)).await
+    }
+
+    async fn verify(&self) -> Result<Response<Full<Bytes>>, AdminError> {
+        self.sync_audit().await;
+        let store = self.store.clone();
+        let verification =
+            blocking(move || audit::verify(&store).map_err(AdminError::from)).await?;
+        Ok(json_ok(
+            serde_json::to_value(verification).unwrap_or_default(),
+        ))
+    }
+
+    /// Read-your-writes: an exchange whose response a client has seen is in the answer.
+    async fn sync_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.sync().await;
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let records = self.audit.as_ref().map_or(0, AuditLog::records);
+        text_ok(
+            metrics::CONTENT_TYPE,
+            self.metrics.render(
+                self.store.size_on_disk(),
+                records,
+                self.redactor.redaction_count(),
+            ),
+        )
+    }
+}
+
+impl Handler for Admin {
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(self.clone().handle(request, peer))
+    }
+}
+
+fn cassette_name(name: &str) -> Result<String, AdminError> {
+    validate_cassette_name("cassette", name).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    Ok(name.to_owned())
+}
+
+/// Store scans can take a while on a large store: keep them off the runtime threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AdminError::Internal(format!("admin task failed: {e}")))?
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(AdminError::BadRequest(format!(
+            "request body could not be read: {error}"
+        ))),
+        Err(_) => Err(AdminError::BadRequest(format!(
+            "request body did not arrive within {BODY_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn json_ok(value: Value) -> Response<Full<Bytes>> {
+    text_ok("application/json", value.to_string())
+}
+
+fn text_ok(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(peer: &str, token: Option<&str>, authorization: Option<&str>, expected: Access) {
+        let ip: IpAddr = peer.parse().expect("address");
+        assert_eq!(
+            access(ip, token, authorization),
+            expected,
+            "{peer} token={token:?} authorization={authorization:?}"
+        );
+    }
+
+    #[test]
+    fn access_rule() {
+        let token = Some("0123456789abcdef-secret");
+        check("127.0.0.1", None, None, Access::Allowed);
+        check("127.8.9.10", None, None, Access::Allowed);
+        check("::1", None, None, Access::Allowed);
+        check("::ffff:127.0.0.1", None, None, Access::Allowed);
+        check("127.0.0.1", token, None, Access::Allowed);
+        check("192.0.2.10", None, None, Access::Forbidden);
+        check(
+            "192.0.2.10",
+            None,
+            Some("Bearer anything"),
+            Access::Forbidden,
+        );
+        check("2001:db8::1", None, None, Access::Forbidden);
+        check("::ffff:192.0.2.10", None, None, Access::Forbidden);
+        check("192.0.2.10", token, None, Access::Unauthorized);
+        check(
+            "192.0.2.10",
+            token,
+            Some("Bearer wrong"),
+            Access::Unauthorized,
+        );
+        check(
+            "192.0.2.10",
+            token,
+            Some("Basic 0123456789abcdef-secret"),
+            Access::Unauthorized,
+        );
+        check(
+            "192.0.2.10",
+            token,
+            Some("Bearer 0123456789abcdef-secre"),
+            Access::Unauthorized,
+        );
+        check(
+            "192.0.2.10",
+            token,
+            Some("Bearer 0123456789abcdef-secret"),
+            Access::Allowed,
+        );
+        check(
+            "192.0.2.10",
+            token,
+            Some("bearer 0123456789abcdef-secret"),
+            Access::Allowed,
+        );
+        check(
+            "2001:db8::1",
+            token,
+            Some("Bearer 0123456789abcdef-secret"),
+            Access::Allowed,
+        );
+    }
+}

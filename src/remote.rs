@@ -1,0 +1,203 @@
+//! The CLI's way to a store that a running proxy holds: its admin API.
+//!
+//! sled lets one process open a store; while `serve` runs, `graphvcr cassette ...` and
+//! `graphvcr audit ...` would fail on that lock. [`open`] tries the store first and, when
+//! it is locked, reads the admin URL the holder wrote into the owner file (or takes
+//! `--admin URL`) and talks to the proxy instead.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use crate::cli::StoreArgs;
+use crate::config::{Config, ConfigError};
+use crate::store::{Store, StoreError};
+
+/// How long one admin API call may take.
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest admin API answer read (a cassette export or a large audit query).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("admin URL {url:?} is not an http://HOST:PORT URL")]
+    BadUrl { url: String },
+    #[error("the proxy's admin API at {url} cannot be reached: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the proxy's admin API at {url} did not answer within {TIMEOUT:?}")]
+    Timeout { url: String },
+    #[error("the proxy's admin API answered {status}: {message}")]
+    Status { status: StatusCode, message: String },
+    #[error("the proxy's admin API sent an answer that does not parse: {0}")]
+    Decode(String),
+}
+
+/// Where a command reads and writes: the store itself, or the proxy holding it.
+pub enum Target {
+    Local(Store),
+    Remote(Box<Remote>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl From<TargetError> for crate::app::AppError {
+    fn from(error: TargetError) -> Self {
+        match error {
+            TargetError::Config(e) => Self::Config(e),
+            TargetError::Store(e) => Self::Store(e),
+            TargetError::Remote(e) => Self::Remote(e),
+        }
+    }
+}
+
+/// `--admin URL` when given; otherwise the store, or the admin API of the process
+/// holding it when it is locked and that process runs one.
+pub fn open(args: &StoreArgs) -> Result<Target, TargetError> {
+    let config = Config::resolve(&crate::cli::ServeArgs {
+        config: args.config.clone(),
+        store: args.store.clone(),
+        ..Default::default()
+    })?;
+    let token = config.admin.token.clone();
+    if let Some(url) = &args.admin {
+        return Ok(Target::Remote(Box::new(Remote::new(url, token)?)));
+    }
+    match Store::open(&config.store.path, config.store.cache_capacity_bytes) {
+        Ok(store) => Ok(Target::Local(store)),
+        Err(error @ StoreError::Locked { .. }) => {
+            match Store::read_owner(&config.store.path).and_then(|owner| owner.admin) {
+                Some(url) => {
+                    tracing::debug!(%url, "store is held by a running proxy; using its admin API");
+                    Ok(Target::Remote(Box::new(Remote::new(&url, token)?)))
+                }
+                None => Err(error.into()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A client of one proxy's admin API (hyper-util, plain HTTP: the API is on loopback
+/// unless a token is configured).
+pub struct Remote {
+    base: String,
+    token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Remote {
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, RemoteError> {
+        let base = url.trim_end_matches('/').to_owned();
+        let valid = base
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        if !valid {
+            return Err(RemoteError::BadUrl {
+                url: url.to_owned(),
+            });
+        }
+        Ok(Self {
+            base,
+            token,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; other statuses become
+    /// [`RemoteError::Status`] with the Graph-shaped error's message.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, RemoteError> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if !body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|_| RemoteError::BadUrl { url: url.clone() })?;
+        let exchange = async {
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| RemoteError::Unreachable {
+                        url: self.base.clone(),
+                        detail: error_chain(&e),
+                    })?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| RemoteError::Unreachable {
+                    url: self.base.clone(),
+                    detail: e.to_string(),
+                })?
+                .to_bytes();
+            Ok::<_, RemoteError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| RemoteError::Timeout {
+                url: self.base.clone(),
+            })??;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        Err(RemoteError::Status { status, message })
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RemoteError> {
+        let bytes = self.send(Method::GET, path, Bytes::new()).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RemoteError::Decode(e.to_string()))
+    }
+
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, RemoteError> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RemoteError::Decode(e.to_string()))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
