@@ -195,7 +195,9 @@ impl Redactor {
                 self.count(1);
                 out = redacted;
             }
-        } else if content_type.contains("json") || body.first() == Some(&b'{') {
+        } else if (content_type.contains("json") || body.first() == Some(&b'{'))
+            && (!self.config.json_pointers.is_empty() || may_hold_token_member(body))
+        {
             if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
                 let mut changed = redact_json(&mut value);
                 for pointer in &self.config.json_pointers {
@@ -303,6 +305,18 @@ fn redacted_value(name: &str, value: &[u8]) -> String {
         }
     }
     REDACTED.to_owned()
+}
+
+/// Whether a JSON body can have a member named like one of [`TOKEN_FIELDS`]: false only
+/// when no such name appears in its bytes (case-insensitively) and nothing is escaped, so
+/// no key can spell one. Most bodies (Graph payloads) are then left unparsed here.
+fn may_hold_token_member(body: &[u8]) -> bool {
+    static TOKEN_NAMES: OnceLock<Option<regex::bytes::Regex>> = OnceLock::new();
+    let names = TOKEN_NAMES.get_or_init(|| {
+        let alternatives: Vec<String> = TOKEN_FIELDS.iter().map(|f| regex::escape(f)).collect();
+        regex::bytes::Regex::new(&format!(r"(?i-u){}|\\", alternatives.join("|"))).ok()
+    });
+    names.as_ref().is_none_or(|names| names.is_match(body))
 }
 
 fn is_token_field(name: &str) -> bool {
@@ -480,6 +494,15 @@ mod tests {
         let out = redactor.body(Some("application/json"), &json);
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("eyJabc") && !text.contains("r1\""), "{text}");
+        // Bodies are parsed only when a token name can be in them: escaped and
+        // differently-cased names still count.
+        for body in [
+            &br#"{"pass\u0077ord":"hunter2"}"#[..],
+            br#"{"nested":[{"Access_Token":"hunter2"}]}"#,
+        ] {
+            let out = redactor.body(Some("application/json"), &Bytes::from_static(body));
+            assert!(!String::from_utf8_lossy(&out).contains("hunter2"));
+        }
         let plain = Bytes::from_static(br#"{"status":"compliant"}"#);
         assert_eq!(redactor.body(Some("application/json"), &plain), plain);
     }

@@ -172,7 +172,7 @@ impl State {
                 point.seq
             ))
         })?;
-        let count = Arc::new(AtomicU64::new(tree.len() as u64));
+        let count = Arc::new(AtomicU64::new(tree.count()?));
         Ok(Self {
             store,
             head: point,

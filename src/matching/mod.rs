@@ -202,9 +202,9 @@ impl Normalized {
             }
             NormalBody::Json(value) => {
                 hasher.update(b"j");
-                let mut text = String::new();
-                canonical_json(value, &mut text);
-                hasher.update(text.as_bytes());
+                let mut text = Vec::with_capacity(256);
+                write_canonical(value, &mut text);
+                hasher.update(&text);
             }
             NormalBody::Bytes(bytes) => {
                 hasher.update(b"b");
@@ -519,39 +519,56 @@ fn is_json_candidate(content_type: Option<&str>, body: &[u8]) -> bool {
 /// Writes `value` in canonical form: object keys sorted, no insignificant whitespace,
 /// numbers that are whole and exactly representable written as integers.
 pub fn canonical_json(value: &Value, out: &mut String) {
+    let mut bytes = Vec::with_capacity(64);
+    write_canonical(value, &mut bytes);
+    // Every fragment is valid UTF-8 (JSON text from `str`s), so this never replaces.
+    out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// [`canonical_json`] into bytes, as hashed for the match key. Strings are escaped by
+/// serde_json's own serializer (the same bytes as `Value`'s `Display`), without copying
+/// object keys or going through `fmt` for every fragment: this runs once per request.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Null | Value::Bool(_) | Value::String(_) => {
-            let _ = write!(out, "{value}");
-        }
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::String(text) => write_json_string(text, out),
         Value::Number(number) => write_number(number, out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                canonical_json(item, out);
+                write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
             for (i, (name, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                let _ = write!(out, "{}", Value::String(name.clone()));
-                out.push(':');
-                canonical_json(item, out);
+                write_json_string(name, out);
+                out.push(b':');
+                write_canonical(item, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
     }
 }
 
-fn write_number(number: &serde_json::Number, out: &mut String) {
+fn write_json_string(text: &str, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     if let Some(n) = number.as_i64() {
         let _ = write!(out, "{n}");
     } else if let Some(n) = number.as_u64() {
@@ -883,5 +900,33 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, r#"{"a":[1,0,1e+300],"b":1.5}"#);
+    }
+
+    /// Match keys of existing cassettes depend on these exact bytes: escapes, key order
+    /// (by UTF-8 bytes), nesting and literals must never change.
+    #[test]
+    fn canonical_form_is_stable() {
+        let input = r#"{"z":{"y":[true,false,null,"a\"b\\c\n\t\u0001\u001f\u007f"],"x":{}},
+            "\u00e9":"\u00fc\u2028\ud83d\ude00","A":[],"a b":-12,"big":18446744073709551615,
+            "neg":-9223372036854775808,"f":0.1,"e":2.5e-8,"w":4.0}"#;
+        let value: Value = serde_json::from_str(input).expect("valid JSON");
+        let mut out = String::new();
+        canonical_json(&value, &mut out);
+        let expected = concat!(
+            r#"{"A":[],"a b":-12,"big":18446744073709551615,"e":2.5e-8,"f":0.1,"#,
+            r#""neg":-9223372036854775808,"w":4,"#,
+            r#""z":{"x":{},"y":[true,false,null,"a\"b\\c\n\t\u0001\u001f"#,
+            "\u{7f}\"]},\"\u{e9}\":\"\u{fc}\u{2028}\u{1f600}\"}"
+        );
+        assert_eq!(out, expected);
+        let key = normalize(
+            &view("PATCH", "/v1.0/x?b=2&a=1", JSON, input.as_bytes()),
+            &MatchRules::default(),
+        )
+        .key();
+        assert_eq!(
+            key.to_hex(),
+            "63693dd07083c79c6567f7917afb1b045e3843d1e07e94310eb5d6822f0678b6"
+        );
     }
 }
