@@ -8,7 +8,7 @@
 //! - `indexes`: `cassette \0 rules-fingerprint` -> nothing: the index for these rules is
 //!   complete. When the match rules change, the cassette is re-indexed once, on first use;
 //! - `cassettes`: cassette names;
-//! - `audit`: the audit trail, records by sequence number (see [`AuditTree`]).
+//! - `audit`: the audit trail, records in sequence packed into segments (see [`AuditTree`]).
 //!
 //! Durability is group commit: writers insert, then wait on a shared flusher that runs
 //! one `flush` for every writer that arrived while the previous flush ran. Concurrent
@@ -24,6 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::matching::{Exhausted, MatchKey, ReplayOrder};
 use crate::record::{Interaction, SCHEMA_VERSION};
+
+mod audit;
+pub use audit::{AuditTree, AUDIT_TREE, SEGMENT_BYTES};
 
 /// File in the store directory naming the process that holds it.
 pub const OWNER_FILE: &str = "graphvcr.owner";
@@ -656,136 +659,12 @@ impl Store {
     }
 }
 
-/// sled tree of the audit trail. Keys: `r` + sequence number (8 bytes, big-endian) for
-/// records, so key order is append order; `m/anchor` and `m/head` for the chain's ends.
-/// Tests that tamper with the trail open this tree directly.
-pub const AUDIT_TREE: &str = "audit";
-const AUDIT_RECORD: u8 = b'r';
-const AUDIT_ANCHOR: &[u8] = b"m/anchor";
-const AUDIT_HEAD: &[u8] = b"m/head";
-
-/// The key of audit record `seq`.
-pub fn audit_key(seq: u64) -> [u8; 9] {
-    let mut key = [AUDIT_RECORD; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn audit_seq(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
-/// The audit trail's storage: opaque record bytes by sequence number, plus two small
-/// values (the anchor left by pruning and the head after the last append). The record
-/// format and the hash chain belong to `audit`; this only keeps bytes in order.
-pub struct AuditTree<'a> {
-    tree: &'a sled::Tree,
-}
-
 impl Store {
     /// The audit trail's tree.
     pub fn audit(&self) -> AuditTree<'_> {
         AuditTree {
             tree: &self.inner.audit,
         }
-    }
-}
-
-impl AuditTree<'_> {
-    /// Appends records and moves the head, atomically. Not flushed: the caller relies on
-    /// the store's flush policy (sled's periodic flush, the group flusher, the final flush).
-    pub fn append(&self, records: &[(u64, Vec<u8>)], head: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (seq, bytes) in records {
-            batch.insert(&audit_key(*seq)[..], bytes.as_slice());
-        }
-        batch.insert(AUDIT_HEAD, head);
-        self.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Every record, oldest first, as `(seq, bytes)`.
-    pub fn records(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.tree.scan_prefix([AUDIT_RECORD]).map(|entry| {
-            let (key, value) = entry?;
-            let seq = audit_seq(&key).ok_or_else(|| StoreError::Decode {
-                key: format!("audit key {key:?}"),
-                detail: "not a sequence number".to_owned(),
-            })?;
-            Ok((seq, value.to_vec()))
-        })
-    }
-
-    /// The newest record.
-    pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.tree.scan_prefix([AUDIT_RECORD]).next_back() {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                Ok(audit_seq(&key).map(|seq| (seq, value.to_vec())))
-            }
-        }
-    }
-
-    /// How many records there are (a key scan: for start-up and metrics, not per request).
-    pub fn len(&self) -> usize {
-        self.tree.scan_prefix([AUDIT_RECORD]).keys().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tree.scan_prefix([AUDIT_RECORD]).next().is_none()
-    }
-
-    /// How many records there are, without a scan: records are appended in sequence and
-    /// pruned from the oldest, so they are numbered contiguously from the first to the
-    /// last. [`AuditTree::len`] counts them one by one, which took 140-200 ms at every
-    /// start-up with 100,000 records.
-    pub fn count(&self) -> Result<u64, StoreError> {
-        let mut records = self.tree.scan_prefix([AUDIT_RECORD]).keys();
-        let Some(first) = records.next() else {
-            return Ok(0);
-        };
-        let first = audit_seq(&first?).unwrap_or(0);
-        let last = match records.next_back() {
-            Some(last) => audit_seq(&last?).unwrap_or(first),
-            None => first,
-        };
-        Ok(last.saturating_sub(first) + 1)
-    }
-
-    /// The anchor left by the last pruning.
-    pub fn anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(AUDIT_ANCHOR)?.map(|v| v.to_vec()))
-    }
-
-    /// The head written with the last append.
-    pub fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(AUDIT_HEAD)?.map(|v| v.to_vec()))
-    }
-
-    /// Removes one record and nothing else: what someone deleting it by hand leaves.
-    #[cfg(test)]
-    pub(crate) fn remove_one(&self, seq: u64) -> Result<(), StoreError> {
-        self.tree.remove(audit_key(seq))?;
-        Ok(())
-    }
-
-    /// Removes every record up to and including `through`, and sets the anchor, atomically.
-    pub fn prune(&self, through: u64, anchor: &[u8]) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for key in self
-            .tree
-            .range(&audit_key(0)[..]..=&audit_key(through)[..])
-            .keys()
-        {
-            batch.remove(key?);
-            removed += 1;
-        }
-        batch.insert(AUDIT_ANCHOR, anchor);
-        self.tree.apply_batch(batch)?;
-        Ok(removed)
     }
 }
 
@@ -990,21 +869,5 @@ mod tests {
             text.contains(&dir.path().display().to_string()) && text.contains("4242"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn audit_count_follows_appends_and_pruning_without_a_scan() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        let audit = store.audit();
-        assert_eq!(audit.count().expect("count"), 0);
-        let records: Vec<(u64, Vec<u8>)> = (1..=5).map(|seq| (seq, vec![b'x'])).collect();
-        audit.append(&records, b"head").expect("append");
-        assert_eq!(audit.count().expect("count"), 5);
-        audit.prune(2, b"anchor").expect("prune");
-        assert_eq!(audit.count().expect("count"), 3);
-        assert_eq!(audit.count().expect("count"), audit.len() as u64);
-        audit.prune(5, b"anchor").expect("prune");
-        assert_eq!(audit.count().expect("count"), 0);
     }
 }

@@ -1,21 +1,27 @@
-//! The audit writer: one task that appends records in order, off the request path.
+//! The audit writer: one thread that appends records in order, off the request path.
 //!
-//! The proxy hands each finished exchange to [`AuditLog::send`] (an unbounded channel:
-//! a send never waits). The writer takes everything queued, seals each record onto the
-//! chain and appends the batch in one atomic sled batch, without its own flush: audit
-//! records ride on the store's flush policy (the group flush that recordings wait for,
-//! and sled's own flush every 500 ms), so replay never waits on an fsync for the audit.
-//! A `kill -9` can therefore lose the last half second of audit records — never a
-//! record from the middle, since batches apply atomically and in order. At shutdown
+//! The proxy hands each finished exchange to [`AuditLog::send`], a bounded queue
+//! ([`QUEUE`] exchanges): a send returns at once unless the writer has fallen that far
+//! behind, and then the request waits for room rather than its record being dropped.
+//! The writer runs on a thread of its own (sled calls block) and batches: after the first
+//! record of a round it waits [`BATCH_WINDOW`] for more, then seals everything queued
+//! (up to [`BATCH`]) onto the chain and appends it as one atomic sled batch of a few
+//! segments (see `store::AuditTree`). Under load that is one sled write per few hundred
+//! exchanges instead of one per exchange. There is no flush of its own: audit records
+//! ride on the store's flush policy (the group flush that recordings wait for, and
+//! sled's own flush every 500 ms), so replay never waits on an fsync for the audit. A
+//! `kill -9` can therefore lose the last half second of audit records, never a record
+//! from the middle, since batches apply atomically and in order. At shutdown
 //! [`AuditWriter::close`] drains the queue before the store's final flush.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use super::query::age;
 use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, AUDIT_SCHEMA};
@@ -23,9 +29,14 @@ use crate::config::AuditConfig;
 use crate::store::Store;
 
 /// Records appended per sled batch at most; more wait for the next round.
-const BATCH: usize = 1024;
-/// Records removed per pruning batch, so one pruning never holds a huge batch.
-const PRUNE_CHUNK: usize = 10_000;
+const BATCH: usize = 4096;
+/// How long the writer gathers records after the first of a round.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Exchanges queued for the writer at most before a request waits for room: bounds the
+/// memory a writer that falls behind can hold (a queued exchange is well under 1 KiB).
+pub const QUEUE: usize = 8192;
+/// Segments removed per retention round, so one round never holds a huge batch.
+const PRUNE_SEGMENTS: usize = 256;
 /// How often age-based retention runs when no traffic arrives.
 const RETENTION_TICK: Duration = Duration::from_secs(60);
 
@@ -67,31 +78,34 @@ enum Message {
 /// The proxy's handle on the audit trail. Clones share the writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    sender: mpsc::UnboundedSender<Message>,
+    sender: SyncSender<Message>,
     bodies: bool,
     records: Arc<AtomicU64>,
 }
 
 /// The writer task; close it at shutdown, before the store's final flush.
 pub struct AuditWriter {
-    sender: mpsc::UnboundedSender<Message>,
-    task: JoinHandle<()>,
+    sender: SyncSender<Message>,
+    thread: JoinHandle<()>,
 }
 
 impl AuditLog {
-    /// Starts the writer on the current runtime, continuing the chain already in `store`.
+    /// Starts the writer thread, continuing the chain already in `store`.
     pub fn start(store: Store, config: &AuditConfig) -> Result<(Self, AuditWriter), AuditError> {
         let state = State::load(store, config)?;
         let records = state.count.clone();
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(state.run(receiver));
+        let (sender, receiver) = mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("graphvcr-audit".to_owned())
+            .spawn(move || state.run(receiver))
+            .map_err(|e| AuditError::Damaged(format!("cannot start the audit writer: {e}")))?;
         Ok((
             Self {
                 sender: sender.clone(),
                 bodies: config.bodies,
                 records,
             },
-            AuditWriter { sender, task },
+            AuditWriter { sender, thread },
         ))
     }
 
@@ -100,17 +114,36 @@ impl AuditLog {
         self.bodies
     }
 
-    /// Queues an exchange; never waits.
+    /// Queues an exchange; waits only when [`QUEUE`] exchanges are already waiting.
     pub fn send(&self, event: AuditEvent) {
         // After close the writer is gone; an exchange finishing that late is not kept.
-        let _ = self.sender.send(Message::Event(Box::new(event)));
+        let _ = self.queue(Message::Event(Box::new(event)));
+    }
+
+    /// Sends to the writer; on a full queue, waits for room (back-pressure: the record is
+    /// kept, the request waits) without stalling the runtime's other tasks where it can.
+    fn queue(&self, message: Message) -> bool {
+        match self.sender.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Full(message)) => {
+                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi_thread {
+                    tokio::task::block_in_place(|| self.sender.send(message)).is_ok()
+                } else {
+                    self.sender.send(message).is_ok()
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     }
 
     /// Waits until every exchange queued so far is in the store, so a query made after a
     /// response was received sees that exchange (the admin API calls this first).
     pub async fn sync(&self) {
         let (ack, acked) = oneshot::channel();
-        if self.sender.send(Message::Sync(ack)).is_ok() {
+        if self.queue(Message::Sync(ack)) {
             let _ = acked.await;
         }
     }
@@ -128,7 +161,9 @@ impl AuditWriter {
         if self.sender.send(Message::Close(ack)).is_ok() {
             let _ = acked.await;
         }
-        let _ = self.task.await;
+        // The writer acknowledged its last append; the thread ends right after.
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
@@ -188,20 +223,21 @@ impl State {
         })
     }
 
-    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Message>) {
-        let mut tick = tokio::time::interval(RETENTION_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    fn run(mut self, receiver: mpsc::Receiver<Message>) {
         loop {
-            let first = tokio::select! {
-                message = receiver.recv() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-                _ = tick.tick() => {
+            let first = match receiver.recv_timeout(RETENTION_TICK) {
+                Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) => {
                     self.retain(true);
                     continue;
                 }
+                Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Gather a round: give records that are on their way a moment to arrive,
+            // unless someone is waiting for this one to be written.
+            if matches!(first, Message::Event(_)) {
+                std::thread::sleep(BATCH_WINDOW);
+            }
             let mut events = Vec::new();
             let mut close = None;
             let mut synced = Vec::new();
@@ -215,21 +251,29 @@ impl State {
                         break;
                     }
                 }
-                if events.len() < BATCH {
-                    next = receiver.try_recv().ok();
+                if events.len() >= BATCH {
+                    self.append(std::mem::take(&mut events));
                 }
+                next = receiver.try_recv().ok();
             }
             if !events.is_empty() {
                 self.append(events);
-                self.retain(false);
             }
+            self.retain(false);
             for ack in synced {
                 let _ = ack.send(());
             }
             if let Some(ack) = close {
                 // Anything still queued behind the close arrived after shutdown began.
-                while let Ok(Message::Event(event)) = receiver.try_recv() {
-                    self.append(vec![*event]);
+                let late: Vec<AuditEvent> = receiver
+                    .try_iter()
+                    .filter_map(|m| match m {
+                        Message::Event(event) => Some(*event),
+                        _ => None,
+                    })
+                    .collect();
+                if !late.is_empty() {
+                    self.append(late);
                 }
                 self.retain(false);
                 let _ = ack.send(());
@@ -303,7 +347,10 @@ impl State {
     }
 
     /// Prunes past `max_records`, and (at most once a second, or when `force`d by the
-    /// idle tick) past `max_age`. The last pruned record becomes the anchor.
+    /// idle tick) past `max_age`, a whole segment at a time: the oldest segment goes
+    /// while the trail holds more than `max_records` or its newest record is too old.
+    /// So the trail never exceeds `max_records`, and may hold up to one segment fewer.
+    /// The last pruned record becomes the anchor.
     fn retain(&mut self, force: bool) {
         let over = self.max_records > 0 && self.count.load(Ordering::Relaxed) > self.max_records;
         let age_due = self.max_age.is_some()
@@ -311,48 +358,46 @@ impl State {
         if !over && !age_due {
             return;
         }
-        self.last_retention = Instant::now();
+        if age_due {
+            self.last_retention = Instant::now();
+        }
         let now = SystemTime::now();
-        loop {
-            let count = self.count.load(Ordering::Relaxed);
-            let excess = if self.max_records > 0 {
-                count.saturating_sub(self.max_records)
-            } else {
-                0
-            };
-            let mut anchor = None;
-            let mut scanned = 0u64;
-            for entry in self.store.audit().records() {
-                let Ok((seq, bytes)) = entry else { break };
-                let Ok(record) = AuditRecord::from_bytes(&bytes) else {
-                    // A damaged record stays for `audit verify` to report.
-                    break;
-                };
-                let too_old = self
-                    .max_age
-                    .is_some_and(|max| age(&record.time, now).is_some_and(|a| a > max));
-                if !(scanned < excess || too_old) || scanned as usize >= PRUNE_CHUNK {
-                    break;
+        for _ in 0..PRUNE_SEGMENTS {
+            let over =
+                self.max_records > 0 && self.count.load(Ordering::Relaxed) > self.max_records;
+            let oldest = match self.store.audit().oldest_segment() {
+                Ok(oldest) => oldest,
+                Err(error) => {
+                    tracing::error!(%error, "audit retention cannot read the oldest records");
+                    return;
                 }
-                anchor = Some(ChainPoint {
-                    seq,
-                    hash: record.hash,
-                });
-                scanned += 1;
+            };
+            let Some((seq, bytes)) = oldest.last() else {
+                return;
+            };
+            // A damaged record stays for `audit verify` to report.
+            let Ok(newest) = AuditRecord::from_bytes(bytes) else {
+                return;
+            };
+            let too_old = self
+                .max_age
+                .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
+            if !over && !too_old {
+                return;
             }
-            let Some(anchor) = anchor else { return };
+            let anchor = ChainPoint {
+                seq: *seq,
+                hash: newest.hash,
+            };
             match self.store.audit().prune(anchor.seq, &anchor.to_bytes()) {
                 Ok(removed) => {
                     self.count.fetch_sub(removed as u64, Ordering::Relaxed);
-                    tracing::info!(through = anchor.seq, removed, "audit records pruned");
+                    tracing::debug!(through = anchor.seq, removed, "audit records pruned");
                 }
                 Err(error) => {
                     tracing::error!(%error, "audit pruning failed");
                     return;
                 }
-            }
-            if (scanned as usize) < PRUNE_CHUNK {
-                return;
             }
         }
     }
@@ -417,16 +462,20 @@ mod tests {
         assert_eq!(statuses, vec![(1, 200), (2, 404), (3, 599)]);
         assert!(records[0].request_body.is_none(), "bodies are off");
 
-        // A second writer continues the chain; retention keeps the newest 4.
+        // A second writer continues the chain; retention keeps at most the newest 4,
+        // dropping whole segments (the first writer's records went in one or more).
         let (log, writer) = AuditLog::start(store.clone(), &config(4)).expect("restart");
         for _ in 0..3 {
             log.send(event(201));
         }
         writer.close().await;
-        assert_eq!(log.records(), 4);
+        let kept = log.records();
+        assert!((1..=4).contains(&kept), "{kept} records kept");
         let verification = super::super::verify(&store).expect("verify");
         assert!(verification.intact, "{}", verification.message);
-        assert_eq!((verification.first, verification.last), (Some(3), Some(6)));
-        assert_eq!(verification.anchor.map(|a| a.seq), Some(2));
+        assert_eq!(verification.records, kept);
+        assert_eq!(verification.last, Some(6));
+        assert_eq!(verification.first, Some(7 - kept));
+        assert_eq!(verification.anchor.map(|a| a.seq), Some(6 - kept));
     }
 }

@@ -251,15 +251,30 @@ async fn every_exchange_is_audited_with_its_outcome_and_status() {
     assert!(verified.contains("intact: 6 records"), "{verified}");
 }
 
-/// Rewrites one audit record in the stopped proxy's store, as someone with the files
-/// could: straight through sled, bypassing graphvcr.
-fn tamper(scratch: &Scratch, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(scratch.join("store")).expect("open the store directly");
-    let tree = db
-        .open_tree(graphvcr::store::AUDIT_TREE)
-        .expect("audit tree");
-    edit(&tree);
-    db.flush().expect("flush");
+/// Rewrites or removes one audit record in the stopped proxy's store, as someone with
+/// the files could, bypassing the chain.
+fn tamper(scratch: &Scratch, seq: u64, bytes: Option<Vec<u8>>) {
+    let store = graphvcr::store::Store::open(&scratch.join("store"), 1 << 20)
+        .expect("open the store directly");
+    store.audit().tamper(seq, bytes).expect("tamper");
+    store
+        .close_and_release()
+        .expect("flush and release the store");
+}
+
+/// One audit record's bytes, read straight from the stopped proxy's store.
+fn stored_record(scratch: &Scratch, seq: u64) -> Vec<u8> {
+    let store = graphvcr::store::Store::open(&scratch.join("store"), 1 << 20)
+        .expect("open the store directly");
+    let found = store
+        .audit()
+        .records()
+        .map(|r| r.expect("read"))
+        .find(|(s, _)| *s == seq)
+        .map(|(_, bytes)| bytes)
+        .expect("record");
+    store.close_and_release().expect("release the store");
+    found
 }
 
 fn verify_fails_naming(scratch: &Scratch, needle: &str) {
@@ -292,31 +307,22 @@ async fn audit_verify_names_an_edited_or_removed_record() {
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     assert!(cli_ok(&scratch, &["audit", "verify"]).contains("intact: 4 records"));
 
-    let key = graphvcr::store::audit_key;
-    let mut original = None;
-    tamper(&scratch, |tree| {
-        let bytes = tree.get(key(2)).expect("read").expect("record 2");
-        let mut record: Value = serde_json::from_slice(&bytes).expect("JSON");
-        record["status"] = 200.into();
-        tree.insert(key(2), serde_json::to_vec(&record).expect("JSON"))
-            .expect("write");
-        original = Some(bytes);
-    });
+    let original = stored_record(&scratch, 2);
+    let mut record: Value = serde_json::from_slice(&original).expect("JSON");
+    record["status"] = 200.into();
+    tamper(
+        &scratch,
+        2,
+        Some(serde_json::to_vec(&record).expect("JSON")),
+    );
     verify_fails_naming(&scratch, "record 2 was edited");
 
-    tamper(&scratch, |tree| {
-        tree.insert(key(2), original.take().expect("kept"))
-            .expect("restore");
-    });
+    tamper(&scratch, 2, Some(original));
     assert!(cli_ok(&scratch, &["audit", "verify"]).contains("intact"));
 
-    tamper(&scratch, |tree| {
-        tree.remove(key(3)).expect("remove");
-    });
+    tamper(&scratch, 3, None);
     verify_fails_naming(&scratch, "record 3 was removed");
-    tamper(&scratch, |tree| {
-        tree.remove(key(4)).expect("remove");
-    });
+    tamper(&scratch, 4, None);
     verify_fails_naming(&scratch, "records 3 to 4 were removed");
 }
 
@@ -697,11 +703,23 @@ async fn retention_prunes_the_oldest_and_the_chain_still_verifies() {
         "http://127.0.0.1:9",
         &["--config", &scratch.arg("small.toml")],
     );
-    for i in 0..5 {
+    for i in 0..5u64 {
         let answer = http
             .get(&proxy.url(&status_path("cfg-r", &format!("dev-{i}"))))
             .await;
         assert_eq!(answer.status.as_u16(), 599);
+        // The admin API's audit query waits for the writer, so each exchange is written
+        // in a round (a segment) of its own and retention can keep exactly 3.
+        let listed = http.get(&proxy.admin_url("/audit")).await;
+        let listed = listed.json();
+        let seqs: Vec<u64> = listed["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter_map(|r| r["seq"].as_u64())
+            .collect();
+        assert_eq!(seqs.last(), Some(&(i + 1)), "{listed}");
+        assert!(seqs.len() <= 3, "{listed}");
     }
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     let records = jsonl(&cli_ok(&scratch, &["audit", "--format", "jsonl"]));
