@@ -226,6 +226,7 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
             listen,
         )?;
         config.proxy.cassette = name;
+        let shutdown = app::shutdown_signal();
         let server = app::start_proxy(&config).await?;
         let addr = server.addr();
         eprintln!("listening on http://{addr}");
@@ -235,7 +236,7 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
             first.request.uri,
             String::from_utf8_lossy(&first.request.body.to_bytes().unwrap_or_default())
         );
-        app::shutdown_signal().await;
+        shutdown.await;
         server.stop().await?;
     }
     let _ = std::fs::remove_dir_all(&dir);

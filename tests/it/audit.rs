@@ -252,14 +252,25 @@ async fn every_exchange_is_audited_with_its_outcome_and_status() {
 }
 
 /// Rewrites one audit record in the stopped proxy's store, as someone with the files
-/// could: straight through sled, bypassing graphvcr.
+/// could: straight through sled, bypassing graphvcr. Returns once the store is free for
+/// the next process to open.
 fn tamper(scratch: &Scratch, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(scratch.join("store")).expect("open the store directly");
+    let store = scratch.join("store");
+    // Nothing may hold the store now (the proxy has exited, every command has finished);
+    // a lock left over from an earlier `tamper` is waited out here, not failed on.
+    wait_until_store_unlocked(&store);
+    let db = sled::open(&store).expect("open the store directly");
     let tree = db
         .open_tree(graphvcr::store::AUDIT_TREE)
         .expect("audit tree");
     edit(&tree);
     db.flush().expect("flush");
+    drop(tree);
+    drop(db);
+    // Dropping the last handle does not release sled's lock synchronously: the lock lives
+    // as long as the locked file stays open, and sled's I/O threads can still hold it
+    // (see `wait_until_store_unlocked`). `audit verify` would then find the store locked.
+    wait_until_store_unlocked(&store);
 }
 
 fn verify_fails_naming(scratch: &Scratch, needle: &str) {

@@ -221,6 +221,44 @@ impl Drop for Proc {
     }
 }
 
+/// How long a store may stay locked after its last holder in this process let go.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until no one holds the sled store at `store`, failing after [`UNLOCK_TIMEOUT`].
+///
+/// sled takes an exclusive `flock` on `STORE/db` and the lock lasts as long as that file
+/// stays open. Dropping a `sled::Db` does not wait for that: sled's I/O thread pool runs
+/// log writes and segment truncations as tasks that hold the file, and such a task can
+/// still be finishing (it signals the flush it serves before it lets go of the file)
+/// after `flush` and `drop` have returned; a child process that another test forks in
+/// that moment also keeps the lock until it execs. A process that opens the store right
+/// then fails with "store locked". There is nothing to await for those threads, so this
+/// polls the lock itself (taking it and releasing it at once) until it is free.
+pub fn wait_until_store_unlocked(store: &Path) {
+    let path = store.join("db");
+    let file = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let deadline = std::time::Instant::now() + UNLOCK_TIMEOUT;
+    loop {
+        // fs2's calls by path: std's `File` has inherent lock methods of its own.
+        match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => {
+                fs2::FileExt::unlock(&file)
+                    .unwrap_or_else(|e| panic!("cannot unlock {}: {e}", path.display()));
+                return;
+            }
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {}
+            Err(e) => panic!("cannot probe the lock on {}: {e}", path.display()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is still locked {UNLOCK_TIMEOUT:?} after its holders let go",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs a graphvcr command to completion: (status, stdout, stderr).
 pub fn run(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
     let output = Command::new(bin())
