@@ -22,19 +22,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long any one HTTP exchange may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub const SEED_BODY: &str = r##"{"@odata.type":"#microsoft.graph.deviceConfigurationDeviceStatus","deviceDisplayName":"Device Display Name value","userName":"User Name value","deviceModel":"Device Model value","complianceGracePeriodExpirationDateTime":"2016-12-31T23:56:34.1389963+03:00","status":"compliant","lastReportedDateTime":"2017-01-01T00:01:57.2065179+03:00","userPrincipalName":"User Principal Name value"}"##;
+/// The deviceStatuses PATCH body from the Graph docs example.
+pub const SEED_BODY: &str = graphvcr::graph::SEED_PATCH_BODY;
 
 /// The seed body with its keys in another order and other whitespace.
-pub const SEED_BODY_REORDERED: &str = r##"{
-  "status": "compliant",
-  "userPrincipalName": "User Principal Name value",
-  "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
-  "deviceModel": "Device Model value",
-  "userName": "User Name value",
-  "deviceDisplayName": "Device Display Name value",
-  "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
-  "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus"
-}"##;
+pub const SEED_BODY_REORDERED: &str = graphvcr::demo::SEED_PATCH_BODY_REORDERED;
 
 pub fn status_path(config: &str, status: &str) -> String {
     format!("/v1.0/deviceManagement/deviceConfigurations/{config}/deviceStatuses/{status}")
