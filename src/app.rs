@@ -128,8 +128,9 @@ impl ProxyServer {
             audit.close().await;
         }
         drop(self.proxy);
-        // Everything is flushed either way; only releasing the lock inside this process can
-        // wait on a connection task (an intercepted tunnel) that still holds the proxy.
+        // Intercepted tunnels were drained with the proxy's own connections, so nothing
+        // should hold a clone of the store now. Everything is flushed either way; should a
+        // task still hold one, only releasing the lock inside this process waits for exit.
         self.store.close()?;
         if let Err(error) = self.store.close_and_release() {
             tracing::warn!(%error, "the store stays locked until the process exits");

@@ -175,18 +175,25 @@ impl Proc {
 
     /// SIGINT, then wait (bounded) for a clean exit.
     pub fn interrupt(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        self.signal("INT");
         self.wait_exit()
     }
 
     pub fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("TERM");
         self.wait_exit()
     }
 
-    fn wait_exit(&mut self) -> ExitStatus {
+    /// Sends `signal` (`TERM`, `INT`, …) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+    }
+
+    /// Waits (bounded) for the process to exit, after a signal.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 // The pipe is closed now: collect the last log lines before returning.
