@@ -128,8 +128,9 @@ impl ProxyServer {
             audit.close().await;
         }
         drop(self.proxy);
-        // Everything is flushed either way; only releasing the lock inside this process can
-        // wait on a connection task (an intercepted tunnel) that still holds the proxy.
+        // Intercepted tunnels were drained with the proxy's own connections, so nothing
+        // should hold a clone of the store now. Everything is flushed either way; should a
+        // task still hold one, only releasing the lock inside this process waits for exit.
         self.store.close()?;
         if let Err(error) = self.store.close_and_release() {
             tracing::warn!(%error, "the store stays locked until the process exits");
@@ -327,23 +328,48 @@ pub async fn emulate(
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// The handlers are installed when this is called, not when the future is first polled:
+/// `serve` prints `listening on` before it awaits the signal, and a signal sent as soon as
+/// that line appears must find a handler (the default action would end the process
+/// without draining or flushing). Call it before starting the server.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot handle {name}; it will stop the process at once");
+                None
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let mut interrupt = install(SignalKind::interrupt(), "SIGINT");
+        let mut terminate = install(SignalKind::terminate(), "SIGTERM");
+        async move {
+            tokio::select! {
+                () = received(interrupt.as_mut()) => {},
+                () = received(terminate.as_mut()) => {},
+            }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
+    {
+        async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Resolves when `signal` arrives; never, when its handler could not be installed.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

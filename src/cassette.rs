@@ -11,8 +11,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::app::AppError;
-use crate::cli::{CassetteCommand, ExportFormat};
-use crate::config::{validate_cassette_name, MatchingConfig};
+use crate::cli::{CassetteCommand, ExportFormat, VerifyArgs};
+use crate::config::{validate_cassette_name, Config, MatchingConfig};
 use crate::har;
 use crate::matching::{self, rules::pointer_tokens};
 use crate::record::{
@@ -287,10 +287,11 @@ pub struct VerifyOptions {
     pub ignore: Vec<String>,
 }
 
-/// Re-sends the latest recording of each distinct request to `upstream` and compares
-/// status and body (JSON bodies as values, minus ignored pointers).
+/// Re-sends the latest recording of each distinct request of `cassette` (its
+/// `interactions`) to `upstream` and compares status and body (JSON bodies as values,
+/// minus ignored pointers).
 pub async fn verify(
-    store: &Store,
+    interactions: Vec<Interaction>,
     cassette: &str,
     upstream: &Upstream,
     matching: &MatchingConfig,
@@ -298,7 +299,7 @@ pub async fn verify(
 ) -> Result<Vec<Verdict>, AppError> {
     let rule_set = matching.for_cassette(cassette);
     let mut latest: BTreeMap<[u8; 32], Interaction> = BTreeMap::new();
-    for interaction in load(store, cassette)? {
+    for interaction in interactions {
         if options.methods.is_empty()
             || options
                 .methods
@@ -406,20 +407,19 @@ pub struct Suggestions {
     pub response_headers: Vec<String>,
 }
 
-/// Compares repeated recordings: requests to the same method and path whose bodies
-/// differ in a few members (timestamps, GUIDs), and episodes of one request whose
-/// answers differ.
+/// Compares repeated recordings of `cassette` (its `interactions`): requests to the same
+/// method and path whose bodies differ in a few members (timestamps, GUIDs), and
+/// episodes of one request whose answers differ.
 pub fn suggest(
-    store: &Store,
+    interactions: &[Interaction],
     cassette: &str,
     matching: &MatchingConfig,
-) -> Result<Suggestions, AppError> {
+) -> Suggestions {
     let rule_set = matching.for_cassette(cassette);
-    let interactions = load(store, cassette)?;
     let mut suggestions = Suggestions::default();
     let mut by_route: BTreeMap<(String, String), Vec<&Interaction>> = BTreeMap::new();
     let mut by_key: BTreeMap<[u8; 32], Vec<&Interaction>> = BTreeMap::new();
-    for interaction in &interactions {
+    for interaction in interactions {
         let path = matching::normalize_percent(matching::path_of(&interaction.request.uri), false);
         by_route
             .entry((interaction.request.method.clone(), path))
@@ -472,7 +472,7 @@ pub fn suggest(
     suggestions.response_pointers.dedup();
     suggestions.response_headers.sort();
     suggestions.response_headers.dedup();
-    Ok(suggestions)
+    suggestions
 }
 
 /// Pointers whose values differ between two documents of the same shape. A document
@@ -533,7 +533,102 @@ pub fn suggestions_toml(cassette: &str, suggestions: &Suggestions) -> String {
     out
 }
 
+/// Where `verify` and `suggest` read a cassette from: the store, or the admin API of the
+/// proxy that holds it (its export document, which keeps every interaction exactly).
+/// Either way the comparison runs here, under this command's own config.
+pub enum Source<'a> {
+    Store(&'a Store),
+    Remote(&'a Remote),
+}
+
+impl Source<'_> {
+    /// Every interaction of an existing cassette, in recording order.
+    pub async fn interactions(&self, cassette: &str) -> Result<Vec<Interaction>, AppError> {
+        match self {
+            Self::Store(store) => load(store, cassette),
+            Self::Remote(remote) => document_interactions(fetch_remote(remote, cassette).await?),
+        }
+    }
+}
+
+/// `cassette verify`: re-sends, prints one line per request (and one per change), and
+/// fails when any answer changed.
+pub async fn run_verify(
+    args: &VerifyArgs,
+    source: Source<'_>,
+    mut config: Config,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
+    let name = &args.name;
+    config.upstream.url = args.upstream.clone();
+    config.upstream.ca_file = args.upstream_ca.clone();
+    let client = Upstream::new(&config.upstream)?;
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| AppError::Other(format!("--header {h:?} is not `Name: value`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = VerifyOptions {
+        methods: if args.all_methods {
+            Vec::new()
+        } else {
+            vec!["GET".into(), "HEAD".into()]
+        },
+        headers,
+        ignore: args.ignore.clone(),
+    };
+    let interactions = source.interactions(name).await?;
+    let verdicts = verify(interactions, name, &client, &config.matching, &options).await?;
+    let changed = verdicts.iter().filter(|v| !v.changes.is_empty()).count();
+    for verdict in &verdicts {
+        let state = if verdict.changes.is_empty() {
+            "same"
+        } else {
+            "CHANGED"
+        };
+        writeln!(
+            out,
+            "{state:<8} {:>6}  {} {}",
+            verdict.interaction, verdict.method, verdict.uri
+        )
+        .map_err(io_error)?;
+        for change in &verdict.changes {
+            writeln!(out, "           {change}").map_err(io_error)?;
+        }
+    }
+    writeln!(
+        out,
+        "{} requests re-sent, {changed} changed",
+        verdicts.len()
+    )
+    .map_err(io_error)?;
+    if changed > 0 {
+        return Err(AppError::Other(format!(
+            "{changed} recorded answers in cassette '{name}' no longer match the upstream"
+        )));
+    }
+    Ok(())
+}
+
+/// `cassette suggest`: prints the suggestions as config to paste.
+pub async fn run_suggest(
+    name: &str,
+    source: Source<'_>,
+    config: &Config,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
+    let interactions = source.interactions(name).await?;
+    let suggestions = suggest(&interactions, name, &config.matching);
+    out.write_all(suggestions_toml(name, &suggestions).as_bytes())
+        .map_err(io_error)
+}
+
 /// Runs a `cassette` subcommand through the admin API of the proxy that holds the
+/// store. `verify` and `suggest` read the cassette from it and compare here./// Runs a `cassette` subcommand through the admin API of the proxy that holds the
 /// store: list, show, export, import, delete and prune. `verify` and `suggest` need the
 /// store itself.
 pub async fn run_remote(
@@ -570,8 +665,8 @@ pub async fn run_remote(
                         .iter()
                         .map(|i| har::entry_from_interaction(i, base_url))
                         .collect();
-                    let mut text = serde_json::to_string_pretty(&har::document(entries))
-                        .unwrap_or_default();
+                    let mut text =
+                        serde_json::to_string_pretty(&har::document(entries)).unwrap_or_default();
                     text.push('\n');
                     text
                 }
@@ -616,7 +711,10 @@ pub async fn run_remote(
                 .await
             {
                 Ok(deleted) => {
-                    eprintln!("deleted cassette '{name}' ({} interactions)", deleted.deleted)
+                    eprintln!(
+                        "deleted cassette '{name}' ({} interactions)",
+                        deleted.deleted
+                    )
                 }
                 Err(RemoteError::Status { status, .. }) if status == 404 => {
                     return Err(AppError::Other(format!("no cassette named '{name}'")))
@@ -645,11 +743,13 @@ pub async fn run_remote(
                 pruned.removed
             );
         }
-        CassetteCommand::Verify { .. } | CassetteCommand::Suggest { .. } => {
-            return Err(AppError::Other(format!(
-                "this cassette command needs the store itself, which the proxy with admin API {} holds; stop that proxy first",
-                remote.base()
-            )))
+        CassetteCommand::Verify(args) => {
+            let config = Config::resolve_store(&args.store)?;
+            run_verify(&args, Source::Remote(remote), config, out).await?;
+        }
+        CassetteCommand::Suggest { name, store } => {
+            let config = Config::resolve_store(&store)?;
+            run_suggest(&name, Source::Remote(remote), &config, out).await?;
         }
     }
     Ok(())

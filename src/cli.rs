@@ -199,30 +199,34 @@ pub enum CassetteCommand {
     },
     /// Re-send recorded requests to a live upstream and report which answers changed;
     /// exits 1 when any did.
-    Verify {
-        name: String,
-        #[arg(long)]
-        upstream: String,
-        #[arg(long)]
-        upstream_ca: Option<PathBuf>,
-        /// `Name: value` set on every re-sent request (stored credentials are redacted).
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        /// Re-send every recorded method, not only GET and HEAD.
-        #[arg(long)]
-        all_methods: bool,
-        /// JSON Pointer ignored in response bodies (repeatable), besides the match rules'.
-        #[arg(long = "ignore")]
-        ignore: Vec<String>,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
+    Verify(VerifyArgs),
     /// List fields that changed between repeated recordings, as config to paste.
     Suggest {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// `cassette verify`'s arguments.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub name: String,
+    #[arg(long)]
+    pub upstream: String,
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// `Name: value` set on every re-sent request (stored credentials are redacted).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// Re-send every recorded method, not only GET and HEAD.
+    #[arg(long)]
+    pub all_methods: bool,
+    /// JSON Pointer ignored in response bodies (repeatable), besides the match rules'.
+    #[arg(long = "ignore")]
+    pub ignore: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -241,7 +245,7 @@ impl CassetteCommand {
             | Self::Import { store, .. }
             | Self::Delete { store, .. }
             | Self::Prune { store, .. }
-            | Self::Verify { store, .. }
+            | Self::Verify(VerifyArgs { store, .. })
             | Self::Suggest { store, .. } => store,
         }
     }

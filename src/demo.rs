@@ -23,6 +23,19 @@ pub const SAMPLE_CASSETTE: &str = include_str!("../cassettes/sample.json");
 const SEED_PATH: &str = "/v1.0/deviceManagement/deviceConfigurations/5f1ab2c4-demo-config/deviceStatuses/50d7942b-942b-50d7-2b94-d7502b94d750";
 const DEMO_TOKEN: &str = "demo-token-never-stored";
 
+/// [`crate::graph::SEED_PATCH_BODY`] with its keys in another order and other whitespace:
+/// the same request to JSON-aware matching.
+pub const SEED_PATCH_BODY_REORDERED: &str = r##"{
+    "userPrincipalName": "User Principal Name value",
+    "status": "compliant",
+    "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
+    "deviceModel": "Device Model value",
+    "userName": "User Name value",
+    "deviceDisplayName": "Device Display Name value",
+    "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
+    "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus"
+}"##;
+
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Answer {
@@ -102,17 +115,8 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
     let store = dir.join("store");
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
     let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let seed = r##"{"@odata.type":"#microsoft.graph.deviceConfigurationDeviceStatus","deviceDisplayName":"Device Display Name value","userName":"User Name value","deviceModel":"Device Model value","complianceGracePeriodExpirationDateTime":"2016-12-31T23:56:34.1389963+03:00","status":"compliant","lastReportedDateTime":"2017-01-01T00:01:57.2065179+03:00","userPrincipalName":"User Principal Name value"}"##;
-    let reordered = r##"{
-        "userPrincipalName": "User Principal Name value",
-        "status": "compliant",
-        "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
-        "deviceModel": "Device Model value",
-        "userName": "User Name value",
-        "deviceDisplayName": "Device Display Name value",
-        "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
-        "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus"
-    }"##;
+    let seed = crate::graph::SEED_PATCH_BODY;
+    let reordered = SEED_PATCH_BODY_REORDERED;
 
     println!("1. record: emulator <- graphvcr (record) <- client");
     let emulator = app::start_emulator(any_port, EmulatorOptions::new(), None).await?;
@@ -226,6 +230,7 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
             listen,
         )?;
         config.proxy.cassette = name;
+        let shutdown = app::shutdown_signal();
         let server = app::start_proxy(&config).await?;
         let addr = server.addr();
         eprintln!("listening on http://{addr}");
@@ -235,7 +240,7 @@ pub async fn run(serve: Option<SocketAddr>) -> Result<(), AppError> {
             first.request.uri,
             String::from_utf8_lossy(&first.request.body.to_bytes().unwrap_or_default())
         );
-        app::shutdown_signal().await;
+        shutdown.await;
         server.stop().await?;
     }
     let _ = std::fs::remove_dir_all(&dir);

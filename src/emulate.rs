@@ -561,16 +561,7 @@ mod tests {
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(20);
     const TOKEN: (&str, &str) = ("authorization", "Bearer test-token");
-    const SEED: &str = r##"{
-        "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus",
-        "deviceDisplayName": "Device Display Name value",
-        "userName": "User Name value",
-        "deviceModel": "Device Model value",
-        "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
-        "status": "compliant",
-        "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
-        "userPrincipalName": "User Principal Name value"
-    }"##;
+    const SEED: &str = graph::SEED_PATCH_BODY;
 
     fn item(version: &str, config: &str, id: &str) -> String {
         format!("/{version}/deviceManagement/deviceConfigurations/{config}/deviceStatuses/{id}")

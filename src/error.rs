@@ -26,7 +26,8 @@ pub enum Fault {
     Store,
     /// Replay found no recording (599).
     Miss,
-    /// graphvcr itself failed (500).
+    /// graphvcr itself failed (500), or cannot take the request now (503 while it shuts
+    /// down).
     Internal,
 }
 
@@ -56,6 +57,8 @@ pub enum ProxyError {
     TunnelRefused(String),
     #[error("the interception CA is not usable: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("graphvcr is shutting down and opens no new intercepted tunnel")]
+    ShuttingDown,
 }
 
 impl ProxyError {
@@ -70,7 +73,7 @@ impl ProxyError {
             Self::Upstream(_) => Fault::Upstream,
             Self::Store(_) => Fault::Store,
             Self::Miss(_) => Fault::Miss,
-            Self::Ca(_) => Fault::Internal,
+            Self::Ca(_) | Self::ShuttingDown => Fault::Internal,
         }
     }
 
@@ -83,6 +86,7 @@ impl ProxyError {
             Self::Store(_) | Self::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadConnect(_) => StatusCode::BAD_REQUEST,
             Self::TunnelRefused(_) => StatusCode::FORBIDDEN,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Miss(_) => {
                 StatusCode::from_u16(MISS_STATUS).unwrap_or(StatusCode::NOT_IMPLEMENTED)
             }
@@ -102,6 +106,7 @@ impl ProxyError {
             Self::BadConnect(_) => "BadRequest",
             Self::TunnelRefused(_) => "TunnelRefused",
             Self::Ca(_) => "InterceptionCaFailure",
+            Self::ShuttingDown => "ServiceUnavailable",
         }
     }
 }

@@ -133,6 +133,13 @@ impl Interceptor {
         };
         let upgrade = hyper::upgrade::on(&mut request);
         if target.intercepted {
+            // The tunnel outlives this request: it joins the server's graceful shutdown
+            // now, while the CONNECT's own connection still holds the drain open. (A
+            // CONNECT that did not come through `server` has no shutdown to join.)
+            let joined = match request.extensions().get::<server::Shutdown>() {
+                Some(shutdown) => Some(shutdown.join().ok_or(ProxyError::ShuttingDown)?),
+                None => None,
+            };
             let config = self.ca()?.server_config_for(&target.host)?;
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let handler = Arc::new(Intercepted {
@@ -142,7 +149,18 @@ impl Interceptor {
             let limits = self.limits.clone();
             let host = target.host.clone();
             tokio::spawn(async move {
-                match upgrade.await {
+                let mut joined = joined;
+                let upgraded = match joined.as_mut() {
+                    Some(joined) => match joined.unless_stopping(upgrade).await {
+                        Some(upgraded) => upgraded,
+                        None => {
+                            tracing::debug!(%peer, %host, "shutting down: CONNECT upgrade abandoned");
+                            return;
+                        }
+                    },
+                    None => upgrade.await,
+                };
+                match upgraded {
                     Ok(upgraded) => {
                         server::serve_tls_stream(
                             TokioIo::new(upgraded),
@@ -151,6 +169,7 @@ impl Interceptor {
                             handler,
                             peer,
                             &host,
+                            joined,
                         )
                         .await
                     }

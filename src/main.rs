@@ -238,70 +238,15 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
                 "pruned {removed} interactions older than {older_than} from cassette '{name}'"
             );
         }
-        CassetteCommand::Verify {
-            name,
-            upstream,
-            upstream_ca,
-            headers,
-            all_methods,
-            ignore,
-            store,
-        } => {
-            let (store, mut config) = open(&store)?;
-            config.upstream.url = upstream;
-            config.upstream.ca_file = upstream_ca;
-            let client =
-                graphvcr::upstream::Upstream::new(&config.upstream).map_err(AppError::from)?;
-            let headers = headers
-                .iter()
-                .map(|h| {
-                    h.split_once(':')
-                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-                        .with_context(|| format!("--header {h:?} is not `Name: value`"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let options = cassette::VerifyOptions {
-                methods: if all_methods {
-                    Vec::new()
-                } else {
-                    vec!["GET".into(), "HEAD".into()]
-                },
-                headers,
-                ignore,
-            };
-            let verdicts =
-                cassette::verify(&store, &name, &client, &config.matching, &options).await?;
-            let changed = verdicts.iter().filter(|v| !v.changes.is_empty()).count();
-            for verdict in &verdicts {
-                let state = if verdict.changes.is_empty() {
-                    "same"
-                } else {
-                    "CHANGED"
-                };
-                writeln!(
-                    stdout,
-                    "{state:<8} {:>6}  {} {}",
-                    verdict.interaction, verdict.method, verdict.uri
-                )?;
-                for change in &verdict.changes {
-                    writeln!(stdout, "           {change}")?;
-                }
-            }
-            writeln!(
-                stdout,
-                "{} requests re-sent, {changed} changed",
-                verdicts.len()
-            )?;
-            if changed > 0 {
-                anyhow::bail!(
-                    "{changed} recorded answers in cassette '{name}' no longer match the upstream"
-                );
-            }
+        CassetteCommand::Verify(args) => {
+            let (store, config) = open(&args.store)?;
+            cassette::run_verify(&args, cassette::Source::Store(&store), config, &mut stdout)
+                .await?;
         }
         CassetteCommand::Suggest { name, store } => {
             let (store, config) = open(&store)?;
-            let suggestions = cassette::suggest(&store, &name, &config.matching)?;
-            stdout.write_all(cassette::suggestions_toml(&name, &suggestions).as_bytes())?;
+            cassette::run_suggest(&name, cassette::Source::Store(&store), &config, &mut stdout)
+                .await?;
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -18,9 +18,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::graph;
@@ -55,6 +55,79 @@ impl Default for Limits {
     }
 }
 
+/// One server's graceful shutdown, shared with work that outlives the request that
+/// started it: an intercepted CONNECT tunnel serves a connection of its own once the
+/// CONNECT is answered, and must be drained like the connections the server accepted.
+/// Every CONNECT request carries its server's handle in its extensions.
+#[derive(Clone)]
+pub struct Shutdown(Arc<ShutdownInner>);
+
+struct ShutdownInner {
+    /// hyper-util's watch on every connection; taken when shutdown begins.
+    graceful: Mutex<Option<GracefulShutdown>>,
+    /// Turns true when shutdown begins, for work that has no connection to watch yet.
+    stopping: watch::Sender<bool>,
+}
+
+/// A place in a server's graceful shutdown: the drain waits until this is dropped, or,
+/// once [`Joined::watch`] is called, until the watched connection has finished.
+pub struct Joined {
+    watcher: Watcher,
+    stopping: watch::Receiver<bool>,
+    shutdown: Shutdown,
+}
+
+impl Shutdown {
+    fn new() -> Self {
+        Self(Arc::new(ShutdownInner {
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+            stopping: watch::Sender::new(false),
+        }))
+    }
+
+    /// Joins the graceful shutdown; `None` once it has begun (nothing new may start).
+    pub fn join(&self) -> Option<Joined> {
+        let graceful = self.0.graceful.lock().unwrap_or_else(|e| e.into_inner());
+        let watcher = graceful.as_ref()?.watcher();
+        Some(Joined {
+            watcher,
+            stopping: self.0.stopping.subscribe(),
+            shutdown: self.clone(),
+        })
+    }
+
+    /// Begins shutdown: watched connections finish their in-flight requests and close,
+    /// work not yet connected gives up. Resolves when every [`Joined`] is gone.
+    async fn drain(&self) {
+        let graceful = self
+            .0
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.0.stopping.send_replace(true);
+        if let Some(graceful) = graceful {
+            graceful.shutdown().await;
+        }
+    }
+}
+
+impl Joined {
+    /// Runs `work` unless shutdown begins first; `None` then.
+    pub async fn unless_stopping<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            output = work => Some(output),
+            _ = self.stopping.wait_for(|stopping| *stopping) => None,
+        }
+    }
+
+    /// Serves `connection` until it ends; when shutdown begins, it finishes its in-flight
+    /// requests and closes.
+    pub fn watch<C: GracefulConnection>(self, connection: C) -> impl Future<Output = C::Output> {
+        self.watcher.watch(connection)
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits for
 /// in-flight connections to finish. The listener is already bound, so the caller can
 /// print its real address (port 0) before calling this.
@@ -66,7 +139,7 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(connection_builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let drain = Shutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
 
@@ -91,14 +164,16 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service(handler.clone(), peer);
+        // Shutdown begins only after this loop ends.
+        let Some(joined) = drain.join() else { break };
+        let service = service(handler.clone(), peer, Some(drain.clone()));
         let builder = builder.clone();
         match tls.clone() {
             None => {
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
-                let connection = graceful.watch(connection);
+                let connection = joined.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
@@ -108,7 +183,6 @@ pub async fn serve<H: Handler>(
             }
             Some(acceptor) => {
                 let handshake_timeout = limits.header_read_timeout;
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
@@ -129,7 +203,7 @@ pub async fn serve<H: Handler>(
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
+                    if let Err(error) = joined.watch(connection).await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
                     drop(permit);
@@ -138,7 +212,7 @@ pub async fn serve<H: Handler>(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    drain.drain().await;
 }
 
 /// Panics caught in request handlers since the process started (all servers in it).
@@ -169,20 +243,29 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 fn service<H: Handler>(
     handler: Arc<H>,
     peer: SocketAddr,
+    shutdown: Option<Shutdown>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
 > + Clone {
-    hyper::service::service_fn(move |request: Request<Incoming>| {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        if let Some(shutdown) = shutdown
+            .as_ref()
+            .filter(|_| request.method() == http::Method::CONNECT)
+        {
+            request.extensions_mut().insert(shutdown.clone());
+        }
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(isolate_panics(handler, request, peer).await) }
     })
 }
 
 /// Terminates TLS on an already-open stream (a CONNECT tunnel being intercepted) and
-/// serves HTTP/1.1 or HTTP/2 on it, as ALPN decides, until the client is done.
+/// serves HTTP/1.1 or HTTP/2 on it, as ALPN decides, until the client is done. With
+/// `joined`, it takes part in that server's graceful shutdown: a shutdown during the
+/// handshake ends it, one later lets in-flight requests finish and then closes.
 pub async fn serve_tls_stream<H, IO>(
     io: IO,
     acceptor: TlsAcceptor,
@@ -190,11 +273,23 @@ pub async fn serve_tls_stream<H, IO>(
     handler: Arc<H>,
     peer: SocketAddr,
     host: &str,
+    mut joined: Option<Joined>,
 ) where
     H: Handler,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
+    let handshake = match joined.as_mut() {
+        Some(joined) => match joined.unless_stopping(handshake).await {
+            Some(handshake) => handshake,
+            None => {
+                tracing::debug!(%peer, host, "shutting down: intercepted TLS handshake abandoned");
+                return;
+            }
+        },
+        None => handshake.await,
+    };
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::warn!(
@@ -209,10 +304,15 @@ pub async fn serve_tls_stream<H, IO>(
         }
     };
     let builder = connection_builder(&limits);
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service(handler, peer))
-        .await
-    {
+    // Requests inside carry the same shutdown as the tunnel they came through.
+    let shutdown = joined.as_ref().map(|joined| joined.shutdown.clone());
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service(handler, peer, shutdown));
+    let ended = match joined {
+        Some(joined) => joined.watch(connection).await,
+        None => connection.await,
+    };
+    if let Err(error) = ended {
         tracing::debug!(%peer, host, %error, "intercepted connection ended with an error");
     }
 }

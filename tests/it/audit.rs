@@ -252,20 +252,17 @@ async fn every_exchange_is_audited_with_its_outcome_and_status() {
 }
 
 /// Rewrites or removes one audit record in the stopped proxy's store, as someone with
-/// the files could, bypassing the chain.
+/// the files could, bypassing the chain. Returns once the store is free for the next
+/// process to open.
 fn tamper(scratch: &Scratch, seq: u64, bytes: Option<Vec<u8>>) {
-    let store = graphvcr::store::Store::open(&scratch.join("store"), 1 << 20)
-        .expect("open the store directly");
+    let store = open_stopped_store(scratch);
     store.audit().tamper(seq, bytes).expect("tamper");
-    store
-        .close_and_release()
-        .expect("flush and release the store");
+    release(scratch, store);
 }
 
 /// One audit record's bytes, read straight from the stopped proxy's store.
 fn stored_record(scratch: &Scratch, seq: u64) -> Vec<u8> {
-    let store = graphvcr::store::Store::open(&scratch.join("store"), 1 << 20)
-        .expect("open the store directly");
+    let store = open_stopped_store(scratch);
     let found = store
         .audit()
         .records()
@@ -273,8 +270,25 @@ fn stored_record(scratch: &Scratch, seq: u64) -> Vec<u8> {
         .find(|(s, _)| *s == seq)
         .map(|(_, bytes)| bytes)
         .expect("record");
-    store.close_and_release().expect("release the store");
+    release(scratch, store);
     found
+}
+
+fn open_stopped_store(scratch: &Scratch) -> graphvcr::store::Store {
+    // Nothing may hold the store now (the proxy has exited, every command has finished);
+    // a lock left over from an earlier open is waited out here, not failed on.
+    wait_until_store_unlocked(&scratch.join("store"));
+    graphvcr::store::Store::open(&scratch.join("store"), 1 << 20).expect("open the store directly")
+}
+
+fn release(scratch: &Scratch, store: graphvcr::store::Store) {
+    store
+        .close_and_release()
+        .expect("flush and release the store");
+    // Dropping the last handle does not release sled's lock synchronously: the lock lives
+    // as long as the locked file stays open, and sled's I/O threads can still hold it
+    // (see `wait_until_store_unlocked`). `audit verify` would then find the store locked.
+    wait_until_store_unlocked(&scratch.join("store"));
 }
 
 fn verify_fails_naming(scratch: &Scratch, needle: &str) {

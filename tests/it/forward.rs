@@ -41,8 +41,17 @@ fn ca_file(scratch: &Scratch) -> String {
 }
 
 fn patch_through(proxy: &Proc, scratch: &Scratch, version: &str) -> (i32, String, String) {
-    let proxy_url = format!("http://{}", proxy.addr);
-    let ca = ca_file(scratch);
+    curl_patch(proxy.addr, scratch.path(), &ca_file(scratch), version)
+}
+
+/// curl's PATCH of [`GRAPH_URL`] through the forward proxy at `proxy`, trusting `ca`.
+fn curl_patch(
+    proxy: std::net::SocketAddr,
+    cwd: &std::path::Path,
+    ca: &str,
+    version: &str,
+) -> (i32, String, String) {
+    let proxy_url = format!("http://{proxy}");
     curl(
         &[
             version,
@@ -50,7 +59,7 @@ fn patch_through(proxy: &Proc, scratch: &Scratch, version: &str) -> (i32, String
             "--proxy",
             &proxy_url,
             "--cacert",
-            &ca,
+            ca,
             "-X",
             "PATCH",
             GRAPH_URL,
@@ -63,7 +72,7 @@ fn patch_through(proxy: &Proc, scratch: &Scratch, version: &str) -> (i32, String
             "-D",
             "-",
         ],
-        scratch.path(),
+        cwd,
     )
 }
 
@@ -325,4 +334,215 @@ async fn the_listener_speaks_h2c_and_tls_with_alpn() {
             "{version}: {out}"
         );
     }
+}
+
+/// An in-process HTTPS upstream standing in for graph.microsoft.com that holds every
+/// request until the test releases it, and says when one has arrived.
+struct HeldUpstream {
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    release: tokio::sync::watch::Receiver<bool>,
+}
+
+impl graphvcr::server::Handler for HeldUpstream {
+    fn call(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> graphvcr::server::ResponseFuture {
+        use http_body_util::BodyExt;
+        let arrived = self.arrived.clone();
+        let mut release = self.release.clone();
+        Box::pin(async move {
+            let _ = request.into_body().collect().await;
+            let _ = arrived.send(());
+            let _ = release.wait_for(|released| *released).await;
+            let mut response = http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(br#"{"id":"dev-h","status":"compliant"}"#),
+            ));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        })
+    }
+}
+
+/// Runs `graphvcr ca init` for the scratch store, so clients can load the CA at once.
+fn init_ca(scratch: &Scratch) {
+    let (status, _, stderr) = run(
+        &["ca", "init", "--store", &scratch.arg("store")],
+        scratch.path(),
+    );
+    assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_intercepted_request_finish() {
+    let scratch = Scratch::new();
+    init_ca(&scratch);
+    let minted = graphvcr::tls::self_signed(&["graph.microsoft.com"]).expect("mint");
+    std::fs::write(scratch.join("upstream.pem"), &minted.cert_pem).expect("cert");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream_port = listener.local_addr().expect("addr").port();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let upstream = tokio::spawn(graphvcr::server::serve(
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(minted.config)),
+        graphvcr::server::Limits::default(),
+        std::sync::Arc::new(HeldUpstream {
+            arrived: arrived_tx,
+            release: released,
+        }),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let resolve = format!("graph.microsoft.com=127.0.0.1:{upstream_port}");
+    let ca = scratch.arg("upstream.pem");
+    let mut recorder = proxy(
+        &scratch,
+        "record",
+        "https://graph.microsoft.com",
+        &["--upstream-ca", &ca, "--resolve", &resolve],
+    );
+
+    // An SDK's PATCH through the intercepted tunnel, held by the upstream.
+    let (addr, cwd, ca) = (recorder.addr, scratch.path().to_owned(), ca_file(&scratch));
+    let client = tokio::task::spawn_blocking(move || curl_patch(addr, &cwd, &ca, "--http1.1"));
+    tokio::time::timeout(std::time::Duration::from_secs(30), arrived.recv())
+        .await
+        .expect("the intercepted request reaches the upstream within 30 s")
+        .expect("upstream running");
+
+    // SIGTERM mid-request: the proxy drains, and the intercepted connection is part of
+    // that drain (the admin API, stopped only after the proxy, still answers).
+    recorder.signal("TERM");
+    let draining =
+        tokio::task::block_in_place(|| recorder.wait_for_log("shutting down: finishing in-flight"));
+    assert!(draining, "{}", recorder.stderr());
+    let health = Http::new()
+        .try_send(
+            "GET",
+            &recorder.admin_url("/health"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert!(
+        health.is_ok_and(|answer| answer.status == 200),
+        "the proxy stopped waiting for the intercepted request: {}",
+        recorder.stderr()
+    );
+
+    release.send_replace(true);
+    let (code, answer, stderr) = client.await.expect("curl ran");
+    assert_eq!(code, 0, "{stderr}\n{}", recorder.stderr());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-graphvcr-outcome: recorded"), "{answer}");
+    assert!(
+        answer.contains("\"id\":\"dev-h\""),
+        "the held answer: {answer}"
+    );
+    let status = tokio::task::block_in_place(|| recorder.wait_exit());
+    assert!(status.success(), "{}", recorder.stderr());
+    let _ = stop.send(());
+    upstream.await.expect("upstream ends");
+    // The exchange finished before the final flush: it is in the cassette.
+    assert_eq!(cassette_list(&scratch), [("default".to_owned(), 1)]);
+}
+
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) from `stream`.
+async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut body_length = None;
+    loop {
+        if let Some(length) = body_length {
+            if received.len() >= length {
+                break;
+            }
+        }
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert_eq!(read, 1, "connection closed after {received:?}");
+        received.push(byte[0]);
+        assert!(received.len() < 64 * 1024, "answer too long: {received:?}");
+        if body_length.is_none() && received.ends_with(b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().expect("content-length"));
+            body_length = Some(received.len() + length);
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_intercepted_connections_and_exits_promptly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scratch = Scratch::new();
+    init_ca(&scratch);
+    let mut replayer = proxy(&scratch, "replay", "https://graph.microsoft.com", &[]);
+    let tunnel = || async {
+        let mut stream = tokio::net::TcpStream::connect(replayer.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"CONNECT graph.microsoft.com:443 HTTP/1.1\r\nhost: graph.microsoft.com:443\r\n\r\n")
+            .await
+            .expect("CONNECT");
+        let head = read_answer(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stream
+    };
+
+    // One tunnel whose client never starts TLS; one that served a request and is idle,
+    // kept alive, inside TLS.
+    let _not_started = tunnel().await;
+    let tls = graphvcr::tls::client_config(Some(std::path::Path::new(&ca_file(&scratch))))
+        .expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from("graph.microsoft.com").expect("name");
+    let mut idle = connector
+        .connect(name, tunnel().await)
+        .await
+        .expect("TLS through the tunnel with the proxy's CA");
+    idle.write_all(b"GET /v1.0/me HTTP/1.1\r\nhost: graph.microsoft.com\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = read_answer(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 599"), "{answer}");
+
+    let started = std::time::Instant::now();
+    replayer.signal("TERM");
+    let status = tokio::task::block_in_place(|| replayer.wait_exit());
+    assert!(status.success(), "{}", replayer.stderr());
+    // The handshake timeout (proxy.header_read_timeout, 30 s) was not waited out.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?} to exit",
+        started.elapsed()
+    );
+    // Closed by the graceful shutdown (TLS close_notify), not cut by the process exit.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        idle.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the idle intercepted connection is closed");
+    assert!(
+        closed.as_ref().is_ok_and(|_| rest.is_empty()),
+        "closed cleanly with nothing sent: {closed:?} {rest:?}"
+    );
 }

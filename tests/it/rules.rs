@@ -551,6 +551,25 @@ async fn a_request_can_choose_its_mode() {
     assert_eq!(replayed.body, recorded.body);
 }
 
+/// `graphvcr cassette verify default` against `upstream` with a live token, plus `extra`.
+fn cassette_verify(
+    scratch: &Scratch,
+    upstream: &str,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String, String) {
+    let mut args = vec![
+        "cassette",
+        "verify",
+        "default",
+        "--upstream",
+        upstream,
+        "--header",
+        "Authorization: Bearer live",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, scratch.path())
+}
+
 #[tokio::test]
 async fn verify_reports_answers_that_changed_upstream() {
     let scratch = Scratch::new();
@@ -566,19 +585,9 @@ async fn verify_reports_answers_that_changed_upstream() {
     let store = scratch.arg("store");
     let upstream_url = upstream.url("");
     let verify = |extra: &[&str]| {
-        let mut args = vec![
-            "cassette",
-            "verify",
-            "default",
-            "--upstream",
-            &upstream_url,
-            "--header",
-            "Authorization: Bearer live",
-            "--store",
-            &store,
-        ];
+        let mut args = vec!["--store", &store];
         args.extend_from_slice(extra);
-        run(&args, scratch.path())
+        cassette_verify(&scratch, &upstream_url, &args)
     };
     let (status, stdout, stderr) = verify(&[]);
     assert!(status.success(), "{stdout}{stderr}");
@@ -655,6 +664,75 @@ async fn suggest_finds_volatile_request_fields_and_prune_removes_old_recordings(
     );
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("pruned 3 interactions"), "{stderr}");
+}
+
+#[tokio::test]
+async fn verify_and_suggest_read_the_cassette_through_a_running_proxy() {
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let path = status_path("cfg-r", "dev-r");
+    let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+    for stamp in ["2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"] {
+        let body = seed_with("lastReportedDateTime", stamp);
+        assert_eq!(http.patch(&recorder.url(&path), &body).await.status, 200);
+    }
+    assert_eq!(http.get(&recorder.url(&path)).await.status, 200);
+
+    // The proxy holds the store: the commands find its admin API in the owner file, or
+    // are given it with --admin.
+    let store = scratch.arg("store");
+    let admin = recorder.admin_url("");
+    let upstream_url = upstream.url("");
+    let verify = |place: &[&str]| cassette_verify(&scratch, &upstream_url, place);
+    let suggest = |place: &[&str]| {
+        let mut args = vec!["cassette", "suggest", "default"];
+        args.extend_from_slice(place);
+        run(&args, scratch.path())
+    };
+    let (status, verified, stderr) = verify(&["--store", &store]);
+    assert!(status.success(), "{verified}{stderr}");
+    assert!(
+        verified.contains("1 requests re-sent, 0 changed"),
+        "{verified}"
+    );
+    let (status, suggested, stderr) = suggest(&["--admin", &admin]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        suggested.contains(r#"ignore_pointers = ["/lastReportedDateTime"]"#),
+        "{suggested}"
+    );
+    assert!(
+        suggested.contains(
+            "route = \"/v1.0/deviceManagement/deviceConfigurations/cfg-r/deviceStatuses/dev-r\""
+        ),
+        "{suggested}"
+    );
+    let (status, _, stderr) = run(
+        &["cassette", "suggest", "nope", "--store", &store],
+        scratch.path(),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no cassette named 'nope'"), "{stderr}");
+
+    // A change upstream is reported through the proxy as it is from the store.
+    http.patch(&upstream.url(&path), &seed_with("status", "error"))
+        .await;
+    let (status, changed, _) = verify(&["--store", &store]);
+    assert_eq!(status.code(), Some(1), "{changed}");
+    assert!(
+        changed.contains("CHANGED") && changed.contains("body /status"),
+        "{changed}"
+    );
+
+    // Once the proxy is stopped, the store itself gives the same reports.
+    assert!(recorder.interrupt().success(), "{}", recorder.stderr());
+    let (status, local, _) = verify(&["--store", &store]);
+    assert_eq!(status.code(), Some(1), "{local}");
+    assert_eq!(local, changed);
+    let (status, local, stderr) = suggest(&["--store", &store]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(local, suggested);
 }
 
 /// An upstream that answers every request with 200 and a JSON echo of its path.

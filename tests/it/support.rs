@@ -22,19 +22,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long any one HTTP exchange may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub const SEED_BODY: &str = r##"{"@odata.type":"#microsoft.graph.deviceConfigurationDeviceStatus","deviceDisplayName":"Device Display Name value","userName":"User Name value","deviceModel":"Device Model value","complianceGracePeriodExpirationDateTime":"2016-12-31T23:56:34.1389963+03:00","status":"compliant","lastReportedDateTime":"2017-01-01T00:01:57.2065179+03:00","userPrincipalName":"User Principal Name value"}"##;
+/// The deviceStatuses PATCH body from the Graph docs example.
+pub const SEED_BODY: &str = graphvcr::graph::SEED_PATCH_BODY;
 
 /// The seed body with its keys in another order and other whitespace.
-pub const SEED_BODY_REORDERED: &str = r##"{
-  "status": "compliant",
-  "userPrincipalName": "User Principal Name value",
-  "lastReportedDateTime": "2017-01-01T00:01:57.2065179+03:00",
-  "deviceModel": "Device Model value",
-  "userName": "User Name value",
-  "deviceDisplayName": "Device Display Name value",
-  "complianceGracePeriodExpirationDateTime": "2016-12-31T23:56:34.1389963+03:00",
-  "@odata.type": "#microsoft.graph.deviceConfigurationDeviceStatus"
-}"##;
+pub const SEED_BODY_REORDERED: &str = graphvcr::demo::SEED_PATCH_BODY_REORDERED;
 
 pub fn status_path(config: &str, status: &str) -> String {
     format!("/v1.0/deviceManagement/deviceConfigurations/{config}/deviceStatuses/{status}")
@@ -183,18 +175,25 @@ impl Proc {
 
     /// SIGINT, then wait (bounded) for a clean exit.
     pub fn interrupt(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        self.signal("INT");
         self.wait_exit()
     }
 
     pub fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("TERM");
         self.wait_exit()
     }
 
-    fn wait_exit(&mut self) -> ExitStatus {
+    /// Sends `signal` (`TERM`, `INT`, …) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+    }
+
+    /// Waits (bounded) for the process to exit, after a signal.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 // The pipe is closed now: collect the last log lines before returning.
@@ -218,6 +217,44 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How long a store may stay locked after its last holder in this process let go.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until no one holds the sled store at `store`, failing after [`UNLOCK_TIMEOUT`].
+///
+/// sled takes an exclusive `flock` on `STORE/db` and the lock lasts as long as that file
+/// stays open. Dropping a `sled::Db` does not wait for that: sled's I/O thread pool runs
+/// log writes and segment truncations as tasks that hold the file, and such a task can
+/// still be finishing (it signals the flush it serves before it lets go of the file)
+/// after `flush` and `drop` have returned; a child process that another test forks in
+/// that moment also keeps the lock until it execs. A process that opens the store right
+/// then fails with "store locked". There is nothing to await for those threads, so this
+/// polls the lock itself (taking it and releasing it at once) until it is free.
+pub fn wait_until_store_unlocked(store: &Path) {
+    let path = store.join("db");
+    let file = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let deadline = std::time::Instant::now() + UNLOCK_TIMEOUT;
+    loop {
+        // fs2's calls by path: std's `File` has inherent lock methods of its own.
+        match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => {
+                fs2::FileExt::unlock(&file)
+                    .unwrap_or_else(|e| panic!("cannot unlock {}: {e}", path.display()));
+                return;
+            }
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {}
+            Err(e) => panic!("cannot probe the lock on {}: {e}", path.display()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is still locked {UNLOCK_TIMEOUT:?} after its holders let go",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
