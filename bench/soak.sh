@@ -66,9 +66,9 @@ wait "$PID" || true
 kill "$emulator_pid"
 pids=()
 
-# sled's page cache grows to store.cache_capacity_mb (4 MiB by default; set explicitly
-# here so CACHE_MB can change it) as the audit trail is written, then stays there: a small
-# cache fills during warm-up, so growth after it means a leak.
+# sled's page cache grows to store.cache_capacity_mb (8 MiB by default; 4 here unless
+# CACHE_MB says otherwise) as the audit trail is written, then stays there: a small cache
+# fills during warm-up, so growth after it means a leak.
 printf '[store]\ncache_capacity_mb = %s\n[audit]\nenabled = %s\n' \
     "${CACHE_MB:-4}" "${AUDIT:-true}" >"$work/soak.toml"
 start replayer serve --config "$work/soak.toml" --mode replay --listen 127.0.0.1:0 --store "$work/store"

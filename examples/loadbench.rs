@@ -40,16 +40,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a subject may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIGURATION_ID: &str = "bench-configuration";
-const STATUSES: [&str; 8] = [
-    "unknown",
-    "notApplicable",
-    "compliant",
-    "remediated",
-    "nonCompliant",
-    "error",
-    "conflict",
-    "notAssigned",
-];
+const STATUSES: [&str; 8] = graphvcr::graph::DEVICE_STATUS_VALUES;
 
 #[derive(Debug, Parser)]
 #[command(about = "graphvcr load benchmark (run it through bench/run.sh)")]

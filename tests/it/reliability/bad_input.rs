@@ -338,6 +338,20 @@ async fn record_and_replay(http: &Http, proxy: &Proc, name: &str, path: &str, bo
     assert_still_serving(proxy, name).await;
 }
 
+/// A JSON PATCH to cassette `json` in the proxy's own mode (replay).
+async fn replay_json(http: &Http, proxy: &Proc, path: &str, body: Bytes) -> Reply {
+    http.send_bytes(
+        "PATCH",
+        &proxy.url(path),
+        &[
+            ("content-type", "application/json"),
+            ("x-graphvcr-cassette", "json"),
+        ],
+        body,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn hostile_json_bodies_record_and_replay_without_crashing() {
     let scratch = Scratch::new();
@@ -382,43 +396,25 @@ async fn hostile_json_bodies_record_and_replay_without_crashing() {
 
     // Spelling that parses to the same f64 must not make different big integers match.
     let near = Bytes::from_static(br#"{"n":1234567890123456789012345678901234567891}"#);
-    let answer = http
-        .send_bytes(
-            "PATCH",
-            &proxy.url("/v1.0/json/3"),
-            &[
-                ("content-type", "application/json"),
-                ("x-graphvcr-cassette", "json"),
-            ],
-            near,
-        )
-        .await;
+    let answer = replay_json(&http, &proxy, "/v1.0/json/3", near).await;
     assert_eq!(answer.status.as_u16(), 599, "{}", answer.text());
     // Duplicate keys are compared as bytes: the last-wins reading must not match.
-    let last_wins = http
-        .send(
-            "PATCH",
-            &proxy.url("/v1.0/json/5"),
-            &[
-                ("content-type", "application/json"),
-                ("x-graphvcr-cassette", "json"),
-            ],
-            r#"{"a":2}"#,
-        )
-        .await;
+    let last_wins = replay_json(
+        &http,
+        &proxy,
+        "/v1.0/json/5",
+        Bytes::from_static(br#"{"a":2}"#),
+    )
+    .await;
     assert_eq!(last_wins.status.as_u16(), 599, "{}", last_wins.text());
     // JSON a client re-spells is still matched as JSON.
-    let respelled = http
-        .send(
-            "PATCH",
-            &proxy.url("/v1.0/json/2"),
-            &[
-                ("content-type", "application/json"),
-                ("x-graphvcr-cassette", "json"),
-            ],
-            r#"{ "n" : 1e400 }"#,
-        )
-        .await;
+    let respelled = replay_json(
+        &http,
+        &proxy,
+        "/v1.0/json/2",
+        Bytes::from_static(br#"{ "n" : 1e400 }"#),
+    )
+    .await;
     assert_eq!(
         respelled.status.as_u16(),
         599,

@@ -231,8 +231,8 @@ async fn replay_soak_at_concurrency_256_has_no_errors_and_flat_memory() {
     let scratch = Scratch::new();
     let upstream = echo_upstream().await;
     // sled's page cache grows up to store.cache_capacity_mb as the audit trail is
-    // written, then stays there. A 4 MiB cache (the default, set explicitly so the test
-    // keeps its meaning) is full after warm-up, so growth after it would be a leak.
+    // written, then stays there. A 4 MiB cache (half the default) is full after
+    // warm-up, so growth after it would be a leak.
     let config = write_config(&scratch, "soak.toml", "[store]\ncache_capacity_mb = 4\n");
     let proxy = proxy(
         &scratch,
