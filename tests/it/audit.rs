@@ -5,19 +5,6 @@ use serde_json::Value;
 use crate::support::*;
 
 /// `graphvcr ARGS --store STORE`, expected to succeed; its stdout.
-fn cli_ok(scratch: &Scratch, args: &[&str]) -> String {
-    let store = scratch.arg("store");
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--store", &store]);
-    let (status, stdout, stderr) = run(&all, scratch.path());
-    assert!(
-        status.success(),
-        "graphvcr {} failed: {stderr}\n{stdout}",
-        all.join(" ")
-    );
-    stdout
-}
-
 fn jsonl(text: &str) -> Vec<Value> {
     text.lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))

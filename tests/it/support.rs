@@ -672,6 +672,21 @@ pub fn write_config(scratch: &Scratch, name: &str, text: &str) -> String {
 }
 
 /// `graphvcr cassette export NAME` of the scratch store, parsed.
+/// Runs a graphvcr command on the scratch store (`--store` added) and returns its stdout;
+/// fails the test if it fails.
+pub fn cli_ok(scratch: &Scratch, args: &[&str]) -> String {
+    let store = scratch.arg("store");
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--store", &store]);
+    let (status, stdout, stderr) = run(&all, scratch.path());
+    assert!(
+        status.success(),
+        "graphvcr {} failed: {stderr}\n{stdout}",
+        all.join(" ")
+    );
+    stdout
+}
+
 pub fn export(scratch: &Scratch, cassette: &str) -> Value {
     let (status, stdout, stderr) = run(
         &[

@@ -142,6 +142,13 @@ async fn sigkill_while_recording_loses_no_acknowledged_interaction() {
             lost.len(),
             lost.first()
         );
+        // The audit trail survives the kill as well: what reached it is chained intact
+        // (a kill may cost the last unflushed records, never one in the middle).
+        let verified = cli_ok(&scratch, &["audit", "verify"]);
+        assert!(
+            verified.contains("audit chain intact"),
+            "round {round} (seed {seed}): {verified}"
+        );
         eprintln!(
             "crash round {round}: killed after {kill_after} answers; {} answered so far, {} stored",
             acknowledged.len(),
