@@ -5,9 +5,10 @@
 //! behind, and then the request waits for room rather than its record being dropped.
 //! The writer runs on a thread of its own (sled calls block) and batches: after the first
 //! record of a round it waits [`BATCH_WINDOW`] for more, then seals everything queued
-//! (up to [`BATCH`]) onto the chain and appends it as one atomic sled batch of a few
-//! segments (see `store::AuditTree`). Under load that is one sled write per few hundred
-//! exchanges instead of one per exchange. There is no flush of its own: audit records
+//! (up to [`BATCH`]) onto the chain and appends it as one atomic sled batch of 4 KiB
+//! segments (see `store::AuditTree`). Under load that is one sled batch per few hundred
+//! exchanges and one sled value per few records, instead of a batch and a value per
+//! exchange. There is no flush of its own: audit records
 //! ride on the store's flush policy (the group flush that recordings wait for, and
 //! sled's own flush every 500 ms), so replay never waits on an fsync for the audit. A
 //! `kill -9` can therefore lose the last half second of audit records, never a record
@@ -83,7 +84,7 @@ pub struct AuditLog {
     records: Arc<AtomicU64>,
 }
 
-/// The writer task; close it at shutdown, before the store's final flush.
+/// The writer thread; close it at shutdown, before the store's final flush.
 pub struct AuditWriter {
     sender: SyncSender<Message>,
     thread: JoinHandle<()>,
