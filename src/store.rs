@@ -43,7 +43,8 @@ pub enum StoreError {
     Open { path: PathBuf, detail: String },
     #[error("cassette store I/O failed: {0}")]
     Io(String),
-    #[error("stored interaction {key} cannot be read: {detail}")]
+    /// `key` names what was read: an interaction of a cassette, an audit segment.
+    #[error("{key} cannot be read from the store: {detail}")]
     Decode { key: String, detail: String },
     #[error("stored interaction has schema {found}, newer than this graphvcr understands ({SCHEMA_VERSION})")]
     NewerSchema { found: u32 },
@@ -707,7 +708,10 @@ fn episode_prefix(cassette: &str, fingerprint: u64, key: &MatchKey) -> Vec<u8> {
 
 fn decode(key: &[u8], value: &[u8]) -> Result<Interaction, StoreError> {
     let interaction = Interaction::from_bytes(value).map_err(|e| StoreError::Decode {
-        key: String::from_utf8_lossy(key.split(|b| *b == 0).next().unwrap_or(b"")).into_owned(),
+        key: format!(
+            "an interaction of cassette {:?}",
+            String::from_utf8_lossy(key.split(|b| *b == 0).next().unwrap_or(b""))
+        ),
         detail: e.to_string(),
     })?;
     if interaction.schema > SCHEMA_VERSION {

@@ -375,7 +375,25 @@ fn verify_once(store: &Store) -> Result<Verification, AuditError> {
     let mut first = None;
     let mut records = tree.records().peekable();
     while let Some(entry) = records.next() {
-        let (seq, bytes) = entry?;
+        let (seq, bytes) = match entry {
+            Ok(entry) => entry,
+            // Bytes that no longer frame records are damage to report, not a failure.
+            Err(StoreError::Decode { key, detail }) => {
+                return Ok(broken(
+                    checked,
+                    first,
+                    None,
+                    anchor,
+                    Problem::Damaged {
+                        detail: format!(
+                            "the audit trail's storage was edited after record {}: {key} no longer reads ({detail})",
+                            expected - 1
+                        ),
+                    },
+                ))
+            }
+            Err(error) => return Err(error.into()),
+        };
         first.get_or_insert(seq);
         let fail = |problem| Ok(broken(checked, first, Some(seq), anchor.clone(), problem));
         if seq < expected {
@@ -623,6 +641,23 @@ pub(crate) mod tests {
         // A damaged anchor is reported as such.
         store.audit().prune(0, b"not json").expect("anchor");
         assert!(matches!(problem(&store), Some(Problem::Damaged { .. })));
+    }
+
+    #[test]
+    fn storage_that_no_longer_frames_records_is_reported_as_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        trail(&store, 3);
+        store.audit().tamper_raw(9, b"not a frame").expect("write");
+        let verification = verify(&store).expect("verify reports, not fails");
+        assert!(!verification.intact);
+        assert!(
+            matches!(&verification.problem, Some(Problem::Damaged { detail })
+                if detail.contains("after record 3")
+                    && detail.contains("the audit segment ending at record 9")),
+            "{:?}",
+            verification.problem
+        );
     }
 
     #[test]

@@ -48,8 +48,13 @@ fn key_seq(key: &[u8]) -> Option<u64> {
 }
 
 fn damaged(key: &[u8], detail: &str) -> StoreError {
+    let key = match (key.first(), key_seq(key)) {
+        (Some(&SEGMENT), Some(seq)) => format!("the audit segment ending at record {seq}"),
+        (Some(&SINGLE), Some(seq)) => format!("audit record {seq}"),
+        _ => format!("audit key {key:?}"),
+    };
     StoreError::Decode {
-        key: format!("audit key {key:?}"),
+        key,
         detail: detail.to_owned(),
     }
 }
@@ -276,6 +281,14 @@ impl AuditTree<'_> {
         }
     }
 
+    /// Writes raw bytes as the segment ending at `last`, framed or not: damage that
+    /// `audit verify` must report.
+    #[cfg(test)]
+    pub(crate) fn tamper_raw(&self, last: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key(SEGMENT, last), value)?;
+        Ok(())
+    }
+
     /// Replaces, inserts (`Some`) or removes (`None`) one record's bytes in place, leaving
     /// the head, the anchor and every other record as they are: what someone editing the
     /// store's files could do. For tests of `audit verify`; graphvcr never calls it.
@@ -393,10 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         let audit = store.audit();
-        audit
-            .tree
-            .insert(super::key(super::SEGMENT, 7), &[0, 0, 0][..])
-            .expect("insert");
+        audit.tamper_raw(7, &[0, 0, 0]).expect("insert");
         let results: Vec<_> = audit.records().collect();
         assert!(matches!(results.as_slice(), [Err(_)]), "{results:?}");
     }
