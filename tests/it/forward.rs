@@ -118,17 +118,7 @@ async fn an_unmodified_client_records_and_replays_through_https_proxy() {
         );
     }
     drop(replayer);
-    let (status, export, stderr) = run(
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--store",
-            &scratch.arg("store"),
-        ],
-        scratch.path(),
-    );
-    assert!(status.success(), "{stderr}");
+    let export = cli_ok(&scratch, &["cassette", "export", "default"]);
     assert!(
         export.contains("\"host\": \"graph.microsoft.com\""),
         "cassettes record the target host:\n{export}"

@@ -177,17 +177,7 @@ async fn paging_links_point_at_the_proxy_in_record_and_replay() {
     upstream.kill();
 
     // The cassette keeps the links as the upstream sent them.
-    let (status, export, stderr) = run(
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--store",
-            &scratch.arg("store"),
-        ],
-        scratch.path(),
-    );
-    assert!(status.success(), "{stderr}");
+    let export = cli_ok(&scratch, &["cassette", "export", "default"]);
     assert!(
         export.contains(&upstream.url("/v1.0/")),
         "recorded links kept"
@@ -453,17 +443,7 @@ async fn compressed_links_and_location_are_rewritten_kept_as_recorded_and_linted
     assert!(noted, "{audit}");
     let (status, _, stderr) = run(&["audit", "verify", "--store", &store], scratch.path());
     assert!(status.success(), "{stderr}");
-    let (status, export, stderr) = run(
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--store",
-            &scratch.arg("store"),
-        ],
-        scratch.path(),
-    );
-    assert!(status.success(), "{stderr}");
+    let export = cli_ok(&scratch, &["cassette", "export", "default"]);
     assert!(
         export.contains("https://graph.microsoft.com/v1.0/somewhere"),
         "{export}"

@@ -258,17 +258,7 @@ async fn gzip_responses_round_trip_and_export_decoded() {
     assert_eq!(replayed.body, compressed, "stored and replayed as received");
     assert_eq!(replayed.header("content-encoding"), Some("gzip"));
     drop(replayer);
-    let (status, export, stderr) = run(
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--store",
-            &scratch.arg("store"),
-        ],
-        scratch.path(),
-    );
-    assert!(status.success(), "{stderr}");
+    let export = cli_ok(&scratch, &["cassette", "export", "default"]);
     let document: serde_json::Value = serde_json::from_str(&export).expect("export is JSON");
     assert_eq!(
         document["interactions"][0]["response"]["decoded"]["value"][0]["status"],
