@@ -253,6 +253,9 @@ pub enum AuditError {
     Damaged(String),
     #[error("{0}")]
     Query(String),
+    /// The writer thread could not be started (the OS refused a thread).
+    #[error("cannot start the audit writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// The first thing wrong with the chain.

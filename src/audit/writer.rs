@@ -99,7 +99,7 @@ impl AuditLog {
         let thread = std::thread::Builder::new()
             .name("graphvcr-audit".to_owned())
             .spawn(move || state.run(receiver))
-            .map_err(|e| AuditError::Damaged(format!("cannot start the audit writer: {e}")))?;
+            .map_err(AuditError::Writer)?;
         Ok((
             Self {
                 sender: sender.clone(),
