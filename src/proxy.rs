@@ -455,7 +455,7 @@ impl Proxy {
         notes: &mut Vec<String>,
     ) -> Result<(Served, Option<Duration>), ProxyError> {
         let latency_of = |episode: &crate::store::Episode| {
-            Duration::try_from_secs_f64(episode.interaction.upstream_latency_ms / 1000.0).ok()
+            Duration::try_from_secs_f64(episode.reply.upstream_latency_ms / 1000.0).ok()
         };
         let linted = lint.then(|| {
             (
@@ -911,7 +911,7 @@ impl Proxy {
 }
 
 fn replayed(episode: crate::store::Episode) -> Served {
-    let recorded = episode.interaction.response;
+    let recorded = episode.reply.response;
     let mut headers = record::headers_to_map(&recorded.headers);
     // A hand-edited import can carry a stale length; a wrong one would break the reply.
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
@@ -927,7 +927,7 @@ fn replayed(episode: crate::store::Episode) -> Served {
         headers,
         body: recorded.body,
         outcome: Outcome::Replayed,
-        interaction: Some(episode.interaction.id),
+        interaction: Some(episode.reply.id),
         episode: Some((episode.index, episode.count)),
         upstream_latency: None,
         refused: None,

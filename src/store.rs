@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::matching::{Exhausted, MatchKey, ReplayOrder};
-use crate::record::{Interaction, SCHEMA_VERSION};
+use crate::record::{Interaction, StoredReply, SCHEMA_VERSION};
 
 mod audit;
 pub use audit::{AuditTree, AUDIT_TREE, SEGMENT_BYTES};
@@ -77,7 +77,7 @@ pub struct CassetteInfo {
 /// A replayed episode.
 #[derive(Debug, Clone)]
 pub struct Episode {
-    pub interaction: Interaction,
+    pub reply: StoredReply,
     /// 0-based position among the recordings of this request.
     pub index: usize,
     pub count: usize,
@@ -419,7 +419,7 @@ impl Store {
             }
             ids.push(id);
         }
-        let mut episodes: Vec<(Vec<u8>, Option<Interaction>)> = Vec::with_capacity(ids.len());
+        let mut episodes: Vec<(Vec<u8>, Option<StoredReply>)> = Vec::with_capacity(ids.len());
         for id in ids {
             let mut data_key = cassette_prefix(cassette);
             data_key.extend_from_slice(&id);
@@ -431,10 +431,10 @@ impl Store {
                 let Some(value) = self.inner.interactions.get(&data_key)? else {
                     continue;
                 };
-                let interaction = decode(&data_key, &value)?;
-                let recorded = humantime::parse_rfc3339_weak(&interaction.recorded_at).ok();
+                let reply = decode_reply(&data_key, &value)?;
+                let recorded = humantime::parse_rfc3339_weak(&reply.recorded_at).ok();
                 if recorded.is_some_and(|at| at >= cutoff) {
-                    fresh.push((data_key, Some(interaction)));
+                    fresh.push((data_key, Some(reply)));
                 }
             }
             episodes = fresh;
@@ -471,15 +471,15 @@ impl Store {
             return Ok(Lookup::Exhausted { count });
         };
         let (data_key, decoded) = episodes.swap_remove(index);
-        let interaction = match decoded {
-            Some(interaction) => interaction,
+        let reply = match decoded {
+            Some(reply) => reply,
             None => match self.inner.interactions.get(&data_key)? {
-                Some(value) => decode(&data_key, &value)?,
+                Some(value) => decode_reply(&data_key, &value)?,
                 None => return Ok(Lookup::Absent),
             },
         };
         Ok(Lookup::Hit(Box::new(Episode {
-            interaction,
+            reply,
             index,
             count,
         })))
@@ -707,19 +707,33 @@ fn episode_prefix(cassette: &str, fingerprint: u64, key: &MatchKey) -> Vec<u8> {
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Result<Interaction, StoreError> {
-    let interaction = Interaction::from_bytes(value).map_err(|e| StoreError::Decode {
+    let interaction = Interaction::from_bytes(value).map_err(|e| undecodable(key, e))?;
+    check_schema(interaction.schema)?;
+    Ok(interaction)
+}
+
+/// Replay's read: the response side only (see [`StoredReply`]).
+fn decode_reply(key: &[u8], value: &[u8]) -> Result<StoredReply, StoreError> {
+    let reply = StoredReply::from_bytes(value).map_err(|e| undecodable(key, e))?;
+    check_schema(reply.schema)?;
+    Ok(reply)
+}
+
+fn undecodable(key: &[u8], error: serde_json::Error) -> StoreError {
+    StoreError::Decode {
         key: format!(
             "an interaction of cassette {:?}",
             String::from_utf8_lossy(key.split(|b| *b == 0).next().unwrap_or(b""))
         ),
-        detail: e.to_string(),
-    })?;
-    if interaction.schema > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            found: interaction.schema,
-        });
+        detail: error.to_string(),
     }
-    Ok(interaction)
+}
+
+fn check_schema(schema: u32) -> Result<(), StoreError> {
+    if schema > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { found: schema });
+    }
+    Ok(())
 }
 
 fn classify_open_error(path: &Path, error: sled::Error) -> StoreError {
@@ -798,7 +812,7 @@ mod tests {
             .expect("read")
         {
             Lookup::Hit(episode) => {
-                format!("{}#{}", episode.interaction.response.status, episode.index)
+                format!("{}#{}", episode.reply.response.status, episode.index)
             }
             Lookup::Exhausted { count } => format!("exhausted after {count}"),
             Lookup::Absent => "absent".to_owned(),

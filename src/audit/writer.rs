@@ -363,43 +363,48 @@ impl State {
             self.last_retention = Instant::now();
         }
         let now = SystemTime::now();
-        for _ in 0..PRUNE_SEGMENTS {
-            let over =
-                self.max_records > 0 && self.count.load(Ordering::Relaxed) > self.max_records;
-            let oldest = match self.store.audit().oldest_segment() {
-                Ok(oldest) => oldest,
+        // One pass over the oldest segments and one sled batch per round.
+        let tree = self.store.audit();
+        let mut left = self.count.load(Ordering::Relaxed);
+        let mut anchor = None;
+        for records in tree.oldest_segments().take(PRUNE_SEGMENTS) {
+            let records = match records {
+                Ok(records) => records,
                 Err(error) => {
                     tracing::error!(%error, "audit retention cannot read the oldest records");
-                    return;
+                    break;
                 }
             };
-            let Some((seq, bytes)) = oldest.last() else {
-                return;
+            let Some((seq, bytes)) = records.last() else {
+                break;
             };
             // A damaged record stays for `audit verify` to report.
             let Ok(newest) = AuditRecord::from_bytes(bytes) else {
-                return;
+                break;
             };
-            let too_old = self
-                .max_age
-                .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
+            let over = self.max_records > 0 && left > self.max_records;
+            let too_old = age_due
+                && self
+                    .max_age
+                    .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
             if !over && !too_old {
-                return;
+                break;
             }
-            let anchor = ChainPoint {
+            left = left.saturating_sub(records.len() as u64);
+            anchor = Some(ChainPoint {
                 seq: *seq,
                 hash: newest.hash,
-            };
-            match self.store.audit().prune(anchor.seq, &anchor.to_bytes()) {
-                Ok(removed) => {
-                    self.count.fetch_sub(removed as u64, Ordering::Relaxed);
-                    tracing::debug!(through = anchor.seq, removed, "audit records pruned");
-                }
-                Err(error) => {
-                    tracing::error!(%error, "audit pruning failed");
-                    return;
-                }
+            });
+        }
+        let Some(anchor) = anchor else {
+            return;
+        };
+        match tree.prune(anchor.seq, &anchor.to_bytes()) {
+            Ok(removed) => {
+                self.count.fetch_sub(removed as u64, Ordering::Relaxed);
+                tracing::debug!(through = anchor.seq, removed, "audit records pruned");
             }
+            Err(error) => tracing::error!(%error, "audit pruning failed"),
         }
     }
 }

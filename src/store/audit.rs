@@ -34,7 +34,7 @@ pub const SEGMENT_BYTES: usize = 4 * 1024;
 const FRAME_HEADER: usize = 12;
 
 /// Records as `(seq, bytes)`, oldest first.
-type Records = Vec<(u64, Vec<u8>)>;
+pub type Records = Vec<(u64, Vec<u8>)>;
 
 fn key(kind: u8, seq: u64) -> [u8; 9] {
     let mut key = [kind; 9];
@@ -171,15 +171,13 @@ impl AuditTree<'_> {
         })
     }
 
-    /// The oldest segment's records: what retention removes in one step.
-    pub fn oldest_segment(&self) -> Result<Records, StoreError> {
-        match self.values().next() {
-            None => Ok(Vec::new()),
-            Some(entry) => {
-                let (key, value) = entry?;
-                decode(&key, &value)
-            }
-        }
+    /// Segments oldest first, each as its records: what retention walks, stopping at the
+    /// first it keeps.
+    pub fn oldest_segments(&self) -> impl Iterator<Item = Result<Records, StoreError>> + '_ {
+        self.values().map(|entry| {
+            let (key, value) = entry?;
+            decode(&key, &value)
+        })
     }
 
     /// The newest record.
@@ -356,7 +354,8 @@ mod tests {
         assert_eq!(read[..100], written[..]);
         assert_eq!(audit.count().expect("count"), 103);
         assert_eq!(audit.last().expect("last").map(|(s, _)| s), Some(103));
-        assert!(audit.oldest_segment().expect("oldest").len() < 100);
+        let oldest = audit.oldest_segments().next().expect("a segment");
+        assert!(oldest.expect("oldest").len() < 100);
         assert_eq!(audit.head().expect("head").as_deref(), Some(&b"head2"[..]));
     }
 
