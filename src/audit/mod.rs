@@ -101,6 +101,20 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// What retention reads of a stored record: its time and hash, parsed without building
+/// the rest of the record.
+#[derive(Debug, Deserialize)]
+pub struct RecordStamp {
+    pub time: String,
+    pub hash: String,
+}
+
+impl RecordStamp {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// A kept body: UTF-8 text as is, anything else base64.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::query::age;
-use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, AUDIT_SCHEMA};
+use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, RecordStamp, AUDIT_SCHEMA};
 use crate::config::AuditConfig;
 use crate::store::Store;
 
@@ -378,8 +378,8 @@ impl State {
             let Some((seq, bytes)) = records.last() else {
                 break;
             };
-            // A damaged record stays for `audit verify` to report.
-            let Ok(newest) = AuditRecord::from_bytes(bytes) else {
+            // A record that does not parse stays for `audit verify` to report.
+            let Ok(newest) = RecordStamp::from_bytes(bytes) else {
                 break;
             };
             let over = self.max_records > 0 && left > self.max_records;
