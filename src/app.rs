@@ -132,8 +132,15 @@ impl ProxyServer {
         // should hold a clone of the store now. Everything is flushed either way; should a
         // task still hold one, only releasing the lock inside this process waits for exit.
         self.store.close()?;
-        if let Err(error) = self.store.close_and_release() {
-            tracing::warn!(%error, "the store stays locked until the process exits");
+        // Compacting makes the next start fast; it reads back this run's writes, so it
+        // runs off the runtime's threads.
+        let store = self.store;
+        match tokio::task::spawn_blocking(move || store.close_and_compact()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the store stays locked until the process exits")
+            }
+            Err(error) => tracing::warn!(%error, "closing the store failed"),
         }
         Ok(())
     }

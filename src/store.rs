@@ -117,6 +117,7 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
+    cache_capacity_bytes: u64,
     db: sled::Db,
     interactions: sled::Tree,
     index: sled::Tree,
@@ -157,6 +158,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                cache_capacity_bytes,
                 db,
                 interactions,
                 index,
@@ -659,6 +661,18 @@ impl Store {
             ))),
         }
     }
+
+    /// [`Store::close_and_release`], then opens the store once more and closes it: sled
+    /// 0.34 writes its recovery snapshot only while opening a store, so otherwise the next
+    /// start replays everything written since this one opened from the log (after an
+    /// import of 100,000 interactions, or a few minutes of traffic with the audit trail
+    /// on, a quarter to half a second). The cost moves to here, off the next start.
+    pub fn close_and_compact(self) -> Result<(), StoreError> {
+        let path = self.inner.path.clone();
+        let cache_capacity_bytes = self.inner.cache_capacity_bytes;
+        self.close_and_release()?;
+        Store::open(&path, cache_capacity_bytes)?.close_and_release()
+    }
 }
 
 impl Store {
@@ -876,6 +890,37 @@ mod tests {
             Ok(Lookup::Hit(_))
         ));
         assert_eq!(store.interactions("c", 10).expect("list").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn compacting_on_close_keeps_everything_and_releases_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher();
+        for status in [200, 201, 202] {
+            store
+                .append(1, MatchKey([status as u8; 32]), interaction("c", status))
+                .await
+                .expect("append");
+        }
+        store
+            .audit()
+            .append(&[(1, b"record".to_vec())], b"head")
+            .expect("audit");
+        store.close_and_compact().expect("compact");
+        let reopened = Store::open(dir.path(), 1 << 20).expect("the lock is released");
+        let statuses: Vec<u16> = reopened
+            .interactions("c", 10)
+            .expect("list")
+            .iter()
+            .map(|i| i.response.status)
+            .collect();
+        assert_eq!(statuses, [200, 201, 202]);
+        assert_eq!(reopened.audit().len(), 1);
+        assert_eq!(
+            reopened.audit().head().expect("head").as_deref(),
+            Some(&b"head"[..])
+        );
     }
 
     #[test]
