@@ -367,17 +367,15 @@ impl State {
         let tree = self.store.audit();
         let mut left = self.count.load(Ordering::Relaxed);
         let mut anchor = None;
-        for records in tree.oldest_segments().take(PRUNE_SEGMENTS) {
-            let records = match records {
-                Ok(records) => records,
+        for segment in tree.oldest_segments().take(PRUNE_SEGMENTS) {
+            let segment = match segment {
+                Ok(segment) => segment,
                 Err(error) => {
                     tracing::error!(%error, "audit retention cannot read the oldest records");
                     break;
                 }
             };
-            let Some((seq, bytes)) = records.last() else {
-                break;
-            };
+            let (seq, bytes) = &segment.last;
             // A record that does not parse stays for `audit verify` to report.
             let Ok(newest) = RecordStamp::from_bytes(bytes) else {
                 break;
@@ -390,7 +388,7 @@ impl State {
             if !over && !too_old {
                 break;
             }
-            left = left.saturating_sub(records.len() as u64);
+            left = left.saturating_sub(segment.records as u64);
             anchor = Some(ChainPoint {
                 seq: *seq,
                 hash: newest.hash,

@@ -86,6 +86,51 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
     }
 }
 
+/// How many records a stored value holds and the newest of them, without copying the
+/// others: what retention needs to decide on a whole segment.
+fn summary(key: &[u8], value: &[u8]) -> Result<SegmentEnd, StoreError> {
+    let seq = key_seq(key).ok_or_else(|| damaged(key, "not a sequence number"))?;
+    match key.first() {
+        Some(&SINGLE) => Ok(SegmentEnd {
+            records: 1,
+            last: (seq, value.to_vec()),
+        }),
+        Some(&SEGMENT) => {
+            let mut records = 0;
+            let mut last = None;
+            let mut rest = value;
+            while !rest.is_empty() {
+                let (header, body) = rest
+                    .split_at_checked(FRAME_HEADER)
+                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
+                let (seq_bytes, len_bytes) = header.split_at(8);
+                let len = u32::from_be_bytes(len_bytes.try_into().unwrap_or([0; 4])) as usize;
+                let (bytes, after) = body
+                    .split_at_checked(len)
+                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
+                records += 1;
+                last = Some((seq_bytes, bytes));
+                rest = after;
+            }
+            let (seq_bytes, bytes) = last.ok_or_else(|| damaged(key, "segment without records"))?;
+            Ok(SegmentEnd {
+                records,
+                last: (
+                    u64::from_be_bytes(seq_bytes.try_into().unwrap_or([0; 8])),
+                    bytes.to_vec(),
+                ),
+            })
+        }
+        _ => Err(damaged(key, "not an audit record key")),
+    }
+}
+
+/// A stored value's record count and newest record `(seq, bytes)`.
+pub struct SegmentEnd {
+    pub records: usize,
+    pub last: (u64, Vec<u8>),
+}
+
 /// The first record's sequence number, without copying the segment.
 fn first_seq(key: &[u8], value: &[u8]) -> Option<u64> {
     match key.first() {
@@ -171,12 +216,12 @@ impl AuditTree<'_> {
         })
     }
 
-    /// Segments oldest first, each as its records: what retention walks, stopping at the
-    /// first it keeps.
-    pub fn oldest_segments(&self) -> impl Iterator<Item = Result<Records, StoreError>> + '_ {
+    /// Segments oldest first, each as its record count and newest record: what retention
+    /// walks, stopping at the first it keeps.
+    pub fn oldest_segments(&self) -> impl Iterator<Item = Result<SegmentEnd, StoreError>> + '_ {
         self.values().map(|entry| {
             let (key, value) = entry?;
-            decode(&key, &value)
+            summary(&key, &value)
         })
     }
 
@@ -236,6 +281,12 @@ impl AuditTree<'_> {
         let mut removed = 0;
         for entry in self.values() {
             let (key, value) = entry?;
+            // A value whose last record is within the cut goes whole, unread.
+            if key_seq(&key).is_some_and(|last| last <= through) {
+                removed += summary(&key, &value)?.records;
+                batch.remove(key);
+                continue;
+            }
             let records = decode(&key, &value)?;
             let keep: Vec<(u64, Vec<u8>)> = records
                 .iter()
@@ -355,7 +406,9 @@ mod tests {
         assert_eq!(audit.count().expect("count"), 103);
         assert_eq!(audit.last().expect("last").map(|(s, _)| s), Some(103));
         let oldest = audit.oldest_segments().next().expect("a segment");
-        assert!(oldest.expect("oldest").len() < 100);
+        let oldest = oldest.expect("oldest");
+        assert!(oldest.records < 100);
+        assert_eq!(oldest.last, written[oldest.records - 1]);
         assert_eq!(audit.head().expect("head").as_deref(), Some(&b"head2"[..]));
     }
 
