@@ -27,8 +27,12 @@ bin="$target_dir/release/graphvcr"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+    local status=$?
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # A stopping proxy still writes its store (it compacts it on the way out).
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
+    exit "$status"
 }
 trap cleanup EXIT
 
