@@ -59,13 +59,20 @@ fn damaged(key: &[u8], detail: &str) -> StoreError {
     }
 }
 
-/// The records of one stored value, oldest first.
-fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
+/// Visits the records of one stored value, oldest first, as `(seq, bytes)` borrowed
+/// from the value; stops at the first frame that is cut short.
+fn for_each_record<'v>(
+    key: &[u8],
+    value: &'v [u8],
+    mut visit: impl FnMut(u64, &'v [u8]),
+) -> Result<(), StoreError> {
     let seq = key_seq(key).ok_or_else(|| damaged(key, "not a sequence number"))?;
     match key.first() {
-        Some(&SINGLE) => Ok(vec![(seq, value.to_vec())]),
+        Some(&SINGLE) => {
+            visit(seq, value);
+            Ok(())
+        }
         Some(&SEGMENT) => {
-            let mut records = Vec::new();
             let mut rest = value;
             while !rest.is_empty() {
                 let (header, body) = rest
@@ -77,52 +84,36 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
                 let (bytes, after) = body
                     .split_at_checked(len)
                     .ok_or_else(|| damaged(key, "segment frame cut short"))?;
-                records.push((record_seq, bytes.to_vec()));
+                visit(record_seq, bytes);
                 rest = after;
             }
-            Ok(records)
+            Ok(())
         }
         _ => Err(damaged(key, "not an audit record key")),
     }
 }
 
+/// The records of one stored value, oldest first.
+fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
+    let mut records = Vec::new();
+    for_each_record(key, value, |seq, bytes| records.push((seq, bytes.to_vec())))?;
+    Ok(records)
+}
+
 /// How many records a stored value holds and the newest of them, without copying the
 /// others: what retention needs to decide on a whole segment.
 fn summary(key: &[u8], value: &[u8]) -> Result<SegmentEnd, StoreError> {
-    let seq = key_seq(key).ok_or_else(|| damaged(key, "not a sequence number"))?;
-    match key.first() {
-        Some(&SINGLE) => Ok(SegmentEnd {
-            records: 1,
-            last: (seq, value.to_vec()),
-        }),
-        Some(&SEGMENT) => {
-            let mut records = 0;
-            let mut last = None;
-            let mut rest = value;
-            while !rest.is_empty() {
-                let (header, body) = rest
-                    .split_at_checked(FRAME_HEADER)
-                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
-                let (seq_bytes, len_bytes) = header.split_at(8);
-                let len = u32::from_be_bytes(len_bytes.try_into().unwrap_or([0; 4])) as usize;
-                let (bytes, after) = body
-                    .split_at_checked(len)
-                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
-                records += 1;
-                last = Some((seq_bytes, bytes));
-                rest = after;
-            }
-            let (seq_bytes, bytes) = last.ok_or_else(|| damaged(key, "segment without records"))?;
-            Ok(SegmentEnd {
-                records,
-                last: (
-                    u64::from_be_bytes(seq_bytes.try_into().unwrap_or([0; 8])),
-                    bytes.to_vec(),
-                ),
-            })
-        }
-        _ => Err(damaged(key, "not an audit record key")),
-    }
+    let mut records = 0;
+    let mut last = None;
+    for_each_record(key, value, |seq, bytes| {
+        records += 1;
+        last = Some((seq, bytes));
+    })?;
+    let (seq, bytes) = last.ok_or_else(|| damaged(key, "segment without records"))?;
+    Ok(SegmentEnd {
+        records,
+        last: (seq, bytes.to_vec()),
+    })
 }
 
 /// A stored value's record count and newest record `(seq, bytes)`.
