@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -667,11 +667,31 @@ impl Store {
     /// start replays everything written since this one opened from the log (after an
     /// import of 100,000 interactions, or a few minutes of traffic with the audit trail
     /// on, a quarter to half a second). The cost moves to here, off the next start.
+    /// Compacting is an optimisation: if the store cannot be opened again (another
+    /// process took it in the meantime), the store stays as closed and this says so.
     pub fn close_and_compact(self) -> Result<(), StoreError> {
+        /// sled's I/O threads can hold the file lock for a moment after the last handle
+        /// is dropped, and there is nothing to await for them.
+        const LOCK_WAIT: Duration = Duration::from_secs(2);
         let path = self.inner.path.clone();
         let cache_capacity_bytes = self.inner.cache_capacity_bytes;
         self.close_and_release()?;
-        Store::open(&path, cache_capacity_bytes)?.close_and_release()
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match Store::open(&path, cache_capacity_bytes) {
+                Ok(store) => return store.close_and_release(),
+                Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "the store is closed but not compacted: its next start replays this run's writes from sled's log"
+                    );
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
