@@ -381,10 +381,9 @@ impl State {
                 break;
             };
             let over = self.max_records > 0 && left > self.max_records;
-            let too_old = age_due
-                && self
-                    .max_age
-                    .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
+            let too_old = self
+                .max_age
+                .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
             if !over && !too_old {
                 break;
             }
