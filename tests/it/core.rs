@@ -536,6 +536,12 @@ async fn sigterm_drains_and_exits_zero() {
     );
     let status = proxy.terminate();
     assert!(status.success(), "{status:?}: {}", proxy.stderr());
+    // It compacted the store on the way out (reopened it once), then let it go.
+    let log = proxy.stderr();
+    assert!(
+        !log.contains("not compacted") && !log.contains("stays locked"),
+        "{log}"
+    );
     // The store is released: a new process can open it at once.
     let again = Proc::start(
         &[
