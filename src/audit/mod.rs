@@ -411,6 +411,11 @@ fn verify_once(store: &Store) -> Result<Verification, AuditError> {
             }
             Err(error) => return Err(error.into()),
         };
+        // Records at or before the anchor are what a pruning cut short by a crash left
+        // (it moves the anchor first); the writer's next start removes them.
+        if checked == 0 && anchor.as_ref().is_some_and(|a| seq <= a.seq) {
+            continue;
+        }
         first.get_or_insert(seq);
         let fail = |problem| Ok(broken(checked, first, Some(seq), anchor.clone(), problem));
         if seq < expected {
@@ -520,8 +525,17 @@ fn broken(
 /// Every record matching `filter`, oldest first (the most recent `limit` when set).
 pub fn query(store: &Store, filter: &query::Filter) -> Result<Vec<AuditRecord>, AuditError> {
     let mut out = std::collections::VecDeque::new();
-    for entry in store.audit().records() {
+    let tree = store.audit();
+    // Records at or before the anchor were pruned; a crash may have left some behind.
+    let pruned_through = ChainPoint::read(tree.anchor()?, "anchor")
+        .ok()
+        .flatten()
+        .map_or(0, |anchor| anchor.seq);
+    for entry in tree.records() {
         let (seq, bytes) = entry?;
+        if seq <= pruned_through {
+            continue;
+        }
         let record = AuditRecord::from_bytes(&bytes).map_err(|e| {
             AuditError::Damaged(format!(
                 "audit record {seq} does not parse ({e}); run `graphvcr audit verify`"
@@ -695,6 +709,78 @@ pub(crate) mod tests {
         let ok = verify(&store).expect("verify");
         assert!(ok.intact, "{}", ok.message);
         assert_eq!((ok.first, ok.last, ok.records), (Some(4), Some(6), 3));
+    }
+
+    #[tokio::test]
+    async fn a_pruning_cut_short_verifies_and_is_finished_by_the_next_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        trail(&store, 6);
+        let (_, third) = store.audit().records().nth(2).expect("3").expect("read");
+        let third = AuditRecord::from_bytes(&third).expect("parse");
+        let anchor = ChainPoint {
+            seq: 3,
+            hash: third.hash,
+        };
+        // The state a crash right after moving the anchor leaves: records 1 to 3 remain.
+        assert_eq!(
+            store.audit().prune(0, &anchor.to_bytes()).expect("anchor"),
+            0
+        );
+        assert_eq!(store.audit().count().expect("count"), 6);
+        let ok = verify(&store).expect("verify");
+        assert!(ok.intact, "{}", ok.message);
+        assert_eq!((ok.first, ok.last, ok.records), (Some(4), Some(6), 3));
+
+        let config = crate::config::AuditConfig {
+            enabled: true,
+            bodies: false,
+            max_body_bytes: 1024,
+            max_records: 0,
+            max_age: None,
+        };
+        let (log, writer) = writer::AuditLog::start(store.clone(), &config).expect("start");
+        writer.close().await;
+        assert_eq!(log.records(), 3);
+        let seqs: Vec<u64> = store
+            .audit()
+            .records()
+            .map(|r| r.expect("read").0)
+            .collect();
+        assert_eq!(seqs, [4, 5, 6]);
+        let ok = verify(&store).expect("verify");
+        assert!(ok.intact, "{}", ok.message);
+    }
+
+    #[test]
+    fn records_left_before_the_anchor_are_neither_verified_nor_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        trail(&store, 4);
+        let (_, second) = store.audit().records().nth(1).expect("2").expect("read");
+        let second = AuditRecord::from_bytes(&second).expect("parse");
+        let anchor = ChainPoint {
+            seq: 2,
+            hash: second.hash.clone(),
+        };
+        assert_eq!(
+            store.audit().prune(2, &anchor.to_bytes()).expect("prune"),
+            2
+        );
+        // Someone puts a record back before the anchor: it is outside the chain.
+        store
+            .audit()
+            .tamper(1, Some(second.to_bytes()))
+            .expect("insert");
+        let ok = verify(&store).expect("verify");
+        assert!(ok.intact, "{}", ok.message);
+        assert_eq!((ok.first, ok.records), (Some(3), 2));
+        let listed: Vec<u64> = query(&store, &Default::default())
+            .expect("query")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(listed, [3, 4]);
     }
 
     #[test]

@@ -5,15 +5,15 @@
 //! behind, and then the request waits for room rather than its record being dropped.
 //! The writer runs on a thread of its own (sled calls block) and batches: after the first
 //! record of a round it waits [`BATCH_WINDOW`] for more, then seals everything queued
-//! (up to [`BATCH`]) onto the chain and appends it as one atomic sled batch of 4 KiB
-//! segments (see `store::AuditTree`). Under load that is one sled batch per few hundred
-//! exchanges and one sled value per few records, instead of a batch and a value per
-//! exchange. There is no flush of its own: audit records
-//! ride on the store's flush policy (the group flush that recordings wait for, and
-//! sled's own flush every 500 ms), so replay never waits on an fsync for the audit. A
-//! `kill -9` can therefore lose the last half second of audit records, never a record
-//! from the middle, since batches apply atomically and in order. At shutdown
-//! [`AuditWriter::close`] drains the queue before the store's final flush.
+//! (up to [`BATCH`]) onto the chain and appends it in 4 KiB segments (see
+//! `store::AuditTree`): under load one round per few hundred exchanges and one sled value
+//! per few records, instead of a write per exchange. There is no flush of its own: audit
+//! records ride on the store's flush policy (the group flush that recordings wait for,
+//! and sled's own flush every 500 ms), so replay never waits on an fsync for the audit.
+//! A `kill -9` can therefore lose the last half second of audit records, never a record
+//! from the middle, since sled recovers a prefix of the writes and a round writes its
+//! records in order. A pruning cut short by a crash is finished when the writer starts.
+//! At shutdown [`AuditWriter::close`] drains the queue before the store's final flush.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -29,7 +29,7 @@ use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, RecordStamp, AU
 use crate::config::AuditConfig;
 use crate::store::Store;
 
-/// Records appended per sled batch at most; more wait for the next round.
+/// Records appended per round at most; more wait for the next round.
 const BATCH: usize = 4096;
 /// How long the writer gathers records after the first of a round.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
@@ -186,29 +186,15 @@ struct AuditLogSettings {
 
 impl State {
     fn load(store: Store, config: &AuditConfig) -> Result<Self, AuditError> {
-        let tree = store.audit();
-        // Continue from the last record; fall back to the head, then the anchor.
-        let last = tree
-            .last()?
-            .and_then(|(seq, bytes)| AuditRecord::from_bytes(&bytes).ok().map(|r| (seq, r.hash)));
-        let point = match last {
-            Some((seq, hash)) => ChainPoint { seq, hash },
-            None => match ChainPoint::read(tree.head()?, "head")
-                .ok()
-                .flatten()
-                .or(ChainPoint::read(tree.anchor()?, "anchor").ok().flatten())
-            {
-                Some(point) => point,
-                None => ChainPoint::genesis(),
-            },
-        };
+        finish_pruning(&store)?;
+        let point = resume_point(&store)?;
         let previous = point.raw_hash().ok_or_else(|| {
             AuditError::Damaged(format!(
                 "audit record {} has no valid hash; run `graphvcr audit verify`",
                 point.seq
             ))
         })?;
-        let count = Arc::new(AtomicU64::new(tree.count()?));
+        let count = Arc::new(AtomicU64::new(store.audit().count()?));
         Ok(Self {
             store,
             head: point,
@@ -223,7 +209,48 @@ impl State {
             last_retention: Instant::now(),
         })
     }
+}
 
+/// Removes records left at or before the anchor by a pruning that a crash cut short
+/// (pruning moves the anchor first; see `store::AuditTree`).
+fn finish_pruning(store: &Store) -> Result<(), AuditError> {
+    let tree = store.audit();
+    let Ok(Some(anchor)) = ChainPoint::read(tree.anchor()?, "anchor") else {
+        // No anchor, or a damaged one that `audit verify` reports: nothing to finish.
+        return Ok(());
+    };
+    if tree.first_seq()?.is_some_and(|first| first <= anchor.seq) {
+        let removed = tree.prune(anchor.seq, &anchor.to_bytes())?;
+        tracing::info!(
+            through = anchor.seq,
+            removed,
+            "finished an audit pruning that was cut short"
+        );
+    }
+    Ok(())
+}
+
+/// Where the chain continues: the last record; failing that the head, then the anchor.
+fn resume_point(store: &Store) -> Result<ChainPoint, AuditError> {
+    let tree = store.audit();
+    let last = tree
+        .last()?
+        .and_then(|(seq, bytes)| AuditRecord::from_bytes(&bytes).ok().map(|r| (seq, r.hash)));
+    let point = match last {
+        Some((seq, hash)) => ChainPoint { seq, hash },
+        None => match ChainPoint::read(tree.head()?, "head")
+            .ok()
+            .flatten()
+            .or(ChainPoint::read(tree.anchor()?, "anchor").ok().flatten())
+        {
+            Some(point) => point,
+            None => ChainPoint::genesis(),
+        },
+    };
+    Ok(point)
+}
+
+impl State {
     fn run(mut self, receiver: mpsc::Receiver<Message>) {
         loop {
             let first = match receiver.recv_timeout(RETENTION_TICK) {
@@ -304,10 +331,27 @@ impl State {
                 self.head = head;
                 self.previous = previous;
             }
-            // The batch applied atomically or not at all; the chain continues from the
-            // last head that was written.
+            // A prefix of the round may be in place: the chain continues from the last
+            // record that was written.
             Err(error) => {
-                tracing::error!(%error, lost = batch.len(), "audit records could not be written")
+                let resumed = resume_point(&self.store)
+                    .ok()
+                    .and_then(|point| point.raw_hash().map(|hash| (point, hash)));
+                let written = resumed
+                    .as_ref()
+                    .map_or(0, |(point, _)| point.seq.saturating_sub(self.head.seq))
+                    .min(batch.len() as u64);
+                tracing::error!(
+                    %error,
+                    written,
+                    lost = batch.len() as u64 - written,
+                    "audit records could not all be written"
+                );
+                if let Some((point, previous)) = resumed {
+                    self.count.fetch_add(written, Ordering::Relaxed);
+                    self.head = point;
+                    self.previous = previous;
+                }
             }
         }
     }
@@ -363,7 +407,7 @@ impl State {
             self.last_retention = Instant::now();
         }
         let now = SystemTime::now();
-        // One pass over the oldest segments and one sled batch per round.
+        // One pass over the oldest segments per round.
         let tree = self.store.audit();
         let mut left = self.count.load(Ordering::Relaxed);
         let mut anchor = None;
@@ -401,7 +445,14 @@ impl State {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
                 tracing::debug!(through = anchor.seq, removed, "audit records pruned");
             }
-            Err(error) => tracing::error!(%error, "audit pruning failed"),
+            // Cut short: the anchor moved and some records went; count them again. The
+            // rest goes with the next pruning, or the writer's next start.
+            Err(error) => {
+                tracing::error!(%error, "audit pruning failed");
+                if let Ok(count) = tree.count() {
+                    self.count.store(count, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
