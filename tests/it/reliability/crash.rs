@@ -50,12 +50,20 @@ async fn sigkill_while_recording_loses_no_acknowledged_interaction() {
     let mut acknowledged: Vec<String> = Vec::new();
     let mut sent_total = 0usize;
     let started = Instant::now();
+    // A short audit trail, so retention prunes all through the run and kills also land
+    // in the middle of a pruning.
+    std::fs::write(scratch.join("crash.toml"), "[audit]\nmax_records = 64\n").expect("write");
     for round in 0..rounds {
         let mut proxy = proxy(
             &scratch,
             "record",
             &upstream.url(),
-            &["--cassette", "crash"],
+            &[
+                "--cassette",
+                "crash",
+                "--config",
+                &scratch.arg("crash.toml"),
+            ],
         );
         let total = clients * per_client;
         // Somewhere between the first answer and 90 % of the way through.
