@@ -132,14 +132,19 @@ impl Interceptor {
             intercepted: self.config.intercepts(authority.host()),
         };
         let upgrade = hyper::upgrade::on(&mut request);
+        // The tunnel outlives this request: it joins the server's graceful shutdown now,
+        // while the CONNECT's own connection still holds the drain open, and keeps the
+        // connection's place under `max_connections`. (A CONNECT that did not come
+        // through `server` has neither.)
+        let joined = match request.extensions().get::<server::Shutdown>() {
+            Some(shutdown) => Some(shutdown.join().ok_or(ProxyError::ShuttingDown)?),
+            None => None,
+        };
+        let slot = request
+            .extensions()
+            .get::<server::ConnectionSlot>()
+            .cloned();
         if target.intercepted {
-            // The tunnel outlives this request: it joins the server's graceful shutdown
-            // now, while the CONNECT's own connection still holds the drain open. (A
-            // CONNECT that did not come through `server` has no shutdown to join.)
-            let joined = match request.extensions().get::<server::Shutdown>() {
-                Some(shutdown) => Some(shutdown.join().ok_or(ProxyError::ShuttingDown)?),
-                None => None,
-            };
             let config = self.ca()?.server_config_for(&target.host)?;
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let handler = Arc::new(Intercepted {
@@ -175,6 +180,7 @@ impl Interceptor {
                     }
                     Err(error) => tracing::warn!(%peer, %host, %error, "CONNECT upgrade failed"),
                 }
+                drop(slot);
             });
             return Ok((empty(StatusCode::OK), target));
         }
@@ -185,17 +191,32 @@ impl Interceptor {
         let mut remote = upstream.connect_tunnel(&target.host, target.port).await?;
         let host = target.authority();
         tokio::spawn(async move {
-            match upgrade.await {
-                Ok(upgraded) => {
-                    let mut client = TokioIo::new(upgraded);
-                    if let Err(error) =
-                        tokio::io::copy_bidirectional(&mut client, &mut remote).await
-                    {
-                        tracing::debug!(%peer, %host, %error, "tunnel closed with an error");
+            let relay = async {
+                match upgrade.await {
+                    Ok(upgraded) => {
+                        let mut client = TokioIo::new(upgraded);
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut remote).await
+                        {
+                            tracing::debug!(%peer, %host, %error, "tunnel closed with an error");
+                        }
                     }
+                    Err(error) => tracing::warn!(%peer, %host, %error, "CONNECT upgrade failed"),
                 }
-                Err(error) => tracing::warn!(%peer, %host, %error, "CONNECT upgrade failed"),
+            };
+            // A tunnel carries opaque bytes, so there is no request to let finish: when
+            // shutdown begins, both sockets are closed.
+            let finished = match joined {
+                Some(mut joined) => joined.unless_stopping(relay).await.is_some(),
+                None => {
+                    relay.await;
+                    true
+                }
+            };
+            if !finished {
+                tracing::info!(%peer, %host, "shutting down: tunnel closed");
             }
+            drop(slot);
         });
         Ok((empty(StatusCode::OK), target))
     }

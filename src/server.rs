@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::graph;
@@ -52,6 +52,22 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
         }
+    }
+}
+
+/// A connection's place under [`Limits::max_connections`]. A CONNECT's tunnel outlives
+/// the request that opened it (hyper hands the socket over and the connection's task
+/// ends), so every CONNECT request carries a clone in its extensions for the tunnel to
+/// keep: the place is freed when both are done, and open tunnels count toward the limit.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    /// Held, never read: dropping the last clone frees the place.
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
     }
 }
 
@@ -166,7 +182,15 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         // Shutdown begins only after this loop ends.
         let Some(joined) = drain.join() else { break };
-        let service = service(handler.clone(), peer, Some(drain.clone()));
+        let slot = ConnectionSlot {
+            _permit: Arc::new(permit),
+        };
+        let service = service(
+            handler.clone(),
+            peer,
+            Some(drain.clone()),
+            Some(slot.clone()),
+        );
         let builder = builder.clone();
         match tls.clone() {
             None => {
@@ -178,7 +202,7 @@ pub async fn serve<H: Handler>(
                     if let Err(error) = connection.await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
-                    drop(permit);
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -206,7 +230,7 @@ pub async fn serve<H: Handler>(
                     if let Err(error) = joined.watch(connection).await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
-                    drop(permit);
+                    drop(slot);
                 });
             }
         }
@@ -244,6 +268,7 @@ fn service<H: Handler>(
     handler: Arc<H>,
     peer: SocketAddr,
     shutdown: Option<Shutdown>,
+    slot: Option<ConnectionSlot>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
@@ -251,11 +276,13 @@ fn service<H: Handler>(
     Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        if let Some(shutdown) = shutdown
-            .as_ref()
-            .filter(|_| request.method() == http::Method::CONNECT)
-        {
-            request.extensions_mut().insert(shutdown.clone());
+        if request.method() == http::Method::CONNECT {
+            if let Some(shutdown) = &shutdown {
+                request.extensions_mut().insert(shutdown.clone());
+            }
+            if let Some(slot) = &slot {
+                request.extensions_mut().insert(slot.clone());
+            }
         }
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(isolate_panics(handler, request, peer).await) }
@@ -304,10 +331,13 @@ pub async fn serve_tls_stream<H, IO>(
         }
     };
     let builder = connection_builder(&limits);
-    // Requests inside carry the same shutdown as the tunnel they came through.
+    // Requests inside carry the same shutdown as the tunnel they came through. (The
+    // tunnel's own task keeps its connection slot.)
     let shutdown = joined.as_ref().map(|joined| joined.shutdown.clone());
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service(handler, peer, shutdown));
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(stream),
+        service(handler, peer, shutdown, None),
+    );
     let ended = match joined {
         Some(joined) => joined.watch(connection).await,
         None => connection.await,

@@ -536,3 +536,95 @@ async fn sigterm_closes_idle_intercepted_connections_and_exits_promptly() {
         "closed cleanly with nothing sent: {closed:?} {rest:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_count_toward_max_connections_and_close_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scratch = Scratch::new();
+    std::fs::write(scratch.join("one.toml"), "[proxy]\nmax_connections = 1\n").expect("write");
+    // The tunnels' far end: a TCP echo server, not an intercepted host.
+    let far_end = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let far = far_end.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = far_end.accept().await {
+            tokio::spawn(async move {
+                let (mut from, mut to) = socket.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    let mut proxy = proxy(
+        &scratch,
+        "replay",
+        "http://127.0.0.1:9",
+        &["--config", &scratch.arg("one.toml")],
+    );
+    let open_tunnel = || async {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(format!("CONNECT {far} HTTP/1.1\r\nhost: {far}\r\n\r\n").as_bytes())
+            .await
+            .expect("CONNECT");
+        let head = read_answer(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stream.write_all(b"ping").await.expect("write");
+        let mut echoed = [0u8; 4];
+        stream.read_exact(&mut echoed).await.expect("echo");
+        assert_eq!(&echoed, b"ping", "the tunnel relays both ways");
+        stream
+    };
+
+    // The open tunnel holds the only connection place: a second client is not served.
+    let tunnel = open_tunnel().await;
+    let mut second = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("the kernel accepts into the backlog");
+    second
+        .write_all(b"GET /v1.0/me HTTP/1.1\r\nhost: graphvcr\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        second.read(&mut byte),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "served while an open tunnel held the only place: {early:?}"
+    );
+    // Closing the tunnel frees the place and the waiting request is served.
+    drop(tunnel);
+    let answer = read_answer(&mut second).await;
+    assert!(answer.starts_with("HTTP/1.1 599"), "{answer}");
+    drop(second);
+
+    // At shutdown an open tunnel is closed, not left to the process's exit.
+    let mut tunnel = open_tunnel().await;
+    let started = std::time::Instant::now();
+    proxy.signal("TERM");
+    let status = tokio::task::block_in_place(|| proxy.wait_exit());
+    assert!(status.success(), "{}", proxy.stderr());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?} to exit",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tunnel.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the tunnel is closed");
+    assert!(closed.is_ok() && rest.is_empty(), "{closed:?} {rest:?}");
+    assert!(
+        proxy.stderr().contains("shutting down: tunnel closed"),
+        "{}",
+        proxy.stderr()
+    );
+}
