@@ -177,6 +177,9 @@ struct State {
     max_age: Option<Duration>,
     log: AuditLogSettings,
     last_retention: Instant,
+    /// A pruning failed part-way: records at or before the anchor are left to remove
+    /// before retention may pick a new anchor (one behind the old would break the chain).
+    unfinished_pruning: bool,
 }
 
 struct AuditLogSettings {
@@ -207,6 +210,7 @@ impl State {
                 max_body_bytes: config.max_body_bytes,
             },
             last_retention: Instant::now(),
+            unfinished_pruning: false,
         })
     }
 }
@@ -397,6 +401,16 @@ impl State {
     /// So the trail never exceeds `max_records`, and may hold up to one segment fewer.
     /// The last pruned record becomes the anchor.
     fn retain(&mut self, force: bool) {
+        if self.unfinished_pruning {
+            if let Err(error) = finish_pruning(&self.store) {
+                tracing::error!(%error, "audit pruning still fails");
+                return;
+            }
+            self.unfinished_pruning = false;
+            if let Ok(count) = self.store.audit().count() {
+                self.count.store(count, Ordering::Relaxed);
+            }
+        }
         let over = self.max_records > 0 && self.count.load(Ordering::Relaxed) > self.max_records;
         let age_due = self.max_age.is_some()
             && (force || self.last_retention.elapsed() >= Duration::from_secs(1));
@@ -445,13 +459,11 @@ impl State {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
                 tracing::debug!(through = anchor.seq, removed, "audit records pruned");
             }
-            // Cut short: the anchor moved and some records went; count them again. The
-            // rest goes with the next pruning, or the writer's next start.
+            // Cut short: the anchor may have moved with records at or before it left;
+            // the next round (or the writer's next start) removes them first.
             Err(error) => {
                 tracing::error!(%error, "audit pruning failed");
-                if let Ok(count) = tree.count() {
-                    self.count.store(count, Ordering::Relaxed);
-                }
+                self.unfinished_pruning = true;
             }
         }
     }
