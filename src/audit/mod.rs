@@ -691,17 +691,27 @@ pub(crate) mod tests {
         );
     }
 
+    /// The chain point of record `seq`, as pruning through it would leave the anchor.
+    fn point_at(store: &Store, seq: u64) -> ChainPoint {
+        let (_, bytes) = store
+            .audit()
+            .records()
+            .find(|r| r.as_ref().is_ok_and(|(s, _)| *s == seq))
+            .expect("the record")
+            .expect("read");
+        let record = AuditRecord::from_bytes(&bytes).expect("parse");
+        ChainPoint {
+            seq,
+            hash: record.hash,
+        }
+    }
+
     #[test]
     fn pruning_keeps_the_chain_verifiable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         trail(&store, 6);
-        let (_, third) = store.audit().records().nth(2).expect("3").expect("read");
-        let third = AuditRecord::from_bytes(&third).expect("parse");
-        let anchor = ChainPoint {
-            seq: 3,
-            hash: third.hash,
-        };
+        let anchor = point_at(&store, 3);
         assert_eq!(
             store.audit().prune(3, &anchor.to_bytes()).expect("prune"),
             3
@@ -716,12 +726,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         trail(&store, 6);
-        let (_, third) = store.audit().records().nth(2).expect("3").expect("read");
-        let third = AuditRecord::from_bytes(&third).expect("parse");
-        let anchor = ChainPoint {
-            seq: 3,
-            hash: third.hash,
-        };
+        let anchor = point_at(&store, 3);
         // The state a crash right after moving the anchor leaves: records 1 to 3 remain.
         assert_eq!(
             store.audit().prune(0, &anchor.to_bytes()).expect("anchor"),
@@ -757,21 +762,14 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         trail(&store, 4);
+        let anchor = point_at(&store, 2);
         let (_, second) = store.audit().records().nth(1).expect("2").expect("read");
-        let second = AuditRecord::from_bytes(&second).expect("parse");
-        let anchor = ChainPoint {
-            seq: 2,
-            hash: second.hash.clone(),
-        };
         assert_eq!(
             store.audit().prune(2, &anchor.to_bytes()).expect("prune"),
             2
         );
         // Someone puts a record back before the anchor: it is outside the chain.
-        store
-            .audit()
-            .tamper(1, Some(second.to_bytes()))
-            .expect("insert");
+        store.audit().tamper(1, Some(second)).expect("insert");
         let ok = verify(&store).expect("verify");
         assert!(ok.intact, "{}", ok.message);
         assert_eq!((ok.first, ok.records), (Some(3), 2));

@@ -479,7 +479,7 @@ async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_intercepted_connections_and_exits_promptly() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let scratch = Scratch::new();
     init_ca(&scratch);
     let mut replayer = proxy(&scratch, "replay", "https://graph.microsoft.com", &[]);
@@ -513,24 +513,31 @@ async fn sigterm_closes_idle_intercepted_connections_and_exits_promptly() {
     let answer = read_answer(&mut idle).await;
     assert!(answer.starts_with("HTTP/1.1 599"), "{answer}");
 
+    // The handshake timeout (proxy.header_read_timeout, 30 s) is not waited out, and the
+    // idle connection is closed by the graceful shutdown (TLS close_notify).
+    sigterm_closes(&mut replayer, &mut idle).await;
+}
+
+/// SIGTERMs `proxy`, which must exit 0 within 10 s, and expects `stream` (a tunnel or a
+/// connection inside one) to end cleanly with nothing more sent.
+async fn sigterm_closes(proxy: &mut Proc, stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    use tokio::io::AsyncReadExt;
     let started = std::time::Instant::now();
-    replayer.signal("TERM");
-    let status = tokio::task::block_in_place(|| replayer.wait_exit());
-    assert!(status.success(), "{}", replayer.stderr());
-    // The handshake timeout (proxy.header_read_timeout, 30 s) was not waited out.
+    proxy.signal("TERM");
+    let status = tokio::task::block_in_place(|| proxy.wait_exit());
+    assert!(status.success(), "{}", proxy.stderr());
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
         "took {:?} to exit",
         started.elapsed()
     );
-    // Closed by the graceful shutdown (TLS close_notify), not cut by the process exit.
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        idle.read_to_end(&mut rest),
+        stream.read_to_end(&mut rest),
     )
     .await
-    .expect("the idle intercepted connection is closed");
+    .expect("the connection is closed");
     assert!(
         closed.as_ref().is_ok_and(|_| rest.is_empty()),
         "closed cleanly with nothing sent: {closed:?} {rest:?}"
@@ -605,23 +612,7 @@ async fn open_tunnels_count_toward_max_connections_and_close_at_shutdown() {
 
     // At shutdown an open tunnel is closed, not left to the process's exit.
     let mut tunnel = open_tunnel().await;
-    let started = std::time::Instant::now();
-    proxy.signal("TERM");
-    let status = tokio::task::block_in_place(|| proxy.wait_exit());
-    assert!(status.success(), "{}", proxy.stderr());
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?} to exit",
-        started.elapsed()
-    );
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tunnel.read_to_end(&mut rest),
-    )
-    .await
-    .expect("the tunnel is closed");
-    assert!(closed.is_ok() && rest.is_empty(), "{closed:?} {rest:?}");
+    sigterm_closes(&mut proxy, &mut tunnel).await;
     assert!(
         proxy.stderr().contains("shutting down: tunnel closed"),
         "{}",
