@@ -65,12 +65,6 @@ pub struct ConnectionSlot {
     _permit: Arc<OwnedSemaphorePermit>,
 }
 
-impl std::fmt::Debug for ConnectionSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnectionSlot")
-    }
-}
-
 /// One server's graceful shutdown, shared with work that outlives the request that
 /// started it: an intercepted CONNECT tunnel serves a connection of its own once the
 /// CONNECT is answered, and must be drained like the connections the server accepted.
