@@ -76,8 +76,10 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("graphvcr-log")
-        // Buffered: the writer thread flushes after each run of queued lines, so a busy
-        // proxy writes many lines per syscall and an idle one still shows each at once.
+        // Buffered: the writer thread flushes after each run of queued lines, so lines that
+        // queue up together share a syscall and an idle proxy still shows each at once.
+        // (Under replay load at c64 it comes to 1.5-2 lines per `write`: the thread
+        // mostly keeps up.)
         .finish(std::io::BufWriter::with_capacity(
             64 * 1024,
             std::io::stderr(),

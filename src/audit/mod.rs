@@ -737,13 +737,7 @@ pub(crate) mod tests {
         assert!(ok.intact, "{}", ok.message);
         assert_eq!((ok.first, ok.last, ok.records), (Some(4), Some(6), 3));
 
-        let config = crate::config::AuditConfig {
-            enabled: true,
-            bodies: false,
-            max_body_bytes: 1024,
-            max_records: 0,
-            max_age: None,
-        };
+        let config = writer::tests::config(0);
         let (log, writer) = writer::AuditLog::start(store.clone(), &config).expect("start");
         writer.close().await;
         assert_eq!(log.records(), 3);

@@ -474,7 +474,7 @@ fn micros(duration: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn event(status: u16) -> AuditEvent {
@@ -504,7 +504,7 @@ mod tests {
         }
     }
 
-    fn config(max_records: u64) -> AuditConfig {
+    pub(crate) fn config(max_records: u64) -> AuditConfig {
         AuditConfig {
             enabled: true,
             bodies: false,
