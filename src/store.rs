@@ -1,4 +1,5 @@
-//! The cassette store: the only module that touches sled.
+//! The cassette store: the only module that touches sled, and the owner of the store
+//! directory (sled's files, the owner file and the audit trail's directory).
 //!
 //! Layout (sled trees; ids are big-endian `u64`, increasing in recording order):
 //! - `interactions`: `cassette \0 id` -> the stored interaction (recording order);
@@ -8,7 +9,7 @@
 //! - `indexes`: `cassette \0 rules-fingerprint` -> nothing: the index for these rules is
 //!   complete. When the match rules change, the cassette is re-indexed once, on first use;
 //! - `cassettes`: cassette names;
-//! - `audit`: the audit trail, records in sequence packed into segments (see [`AuditTree`]).
+//! - the audit trail is not in sled: append-only files in `audit/` (see [`AuditFiles`]).
 //!
 //! Durability is group commit: writers insert, then wait on a shared flusher that runs
 //! one `flush` for every writer that arrived while the previous flush ran. Concurrent
@@ -26,7 +27,7 @@ use crate::matching::{Exhausted, MatchKey, ReplayOrder};
 use crate::record::{Interaction, StoredReply, SCHEMA_VERSION};
 
 mod audit;
-pub use audit::{AuditTree, AUDIT_TREE, SEGMENT_BYTES};
+pub use audit::{AuditFiles, LogFile, AUDIT_DIR, FILE_BYTES};
 
 /// File in the store directory naming the process that holds it.
 pub const OWNER_FILE: &str = "graphvcr.owner";
@@ -43,7 +44,7 @@ pub enum StoreError {
     Open { path: PathBuf, detail: String },
     #[error("cassette store I/O failed: {0}")]
     Io(String),
-    /// `key` names what was read: an interaction of a cassette, an audit segment.
+    /// `key` names what was read: an interaction of a cassette, an audit file.
     #[error("{key} cannot be read from the store: {detail}")]
     Decode { key: String, detail: String },
     #[error("stored interaction has schema {found}, newer than this graphvcr understands ({SCHEMA_VERSION})")]
@@ -123,7 +124,8 @@ struct Inner {
     index: sled::Tree,
     indexes: sled::Tree,
     cassettes: sled::Tree,
-    audit: sled::Tree,
+    /// The audit trail's directory (see [`AuditFiles`]).
+    audit_dir: PathBuf,
     /// Episodes served so far per cassette and `fingerprint match-key`, for sequential
     /// replay. Compact keys: one entry per replayed request of a 100,000-interaction
     /// cassette costs ~30 bytes instead of ~110 with a heap-allocated prefix.
@@ -153,7 +155,16 @@ impl Store {
         let index = db.open_tree("index")?;
         let indexes = db.open_tree("indexes")?;
         let cassettes = db.open_tree("cassettes")?;
-        let audit = db.open_tree(AUDIT_TREE)?;
+        let audit_dir = path.join(AUDIT_DIR);
+        let legacy_audit = db.open_tree(audit::LEGACY_TREE)?;
+        let moved = audit::migrate_legacy(&legacy_audit, &audit_dir)?;
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "moved the audit trail out of the sled store into {}",
+                audit_dir.display()
+            );
+        }
         let (flush_requests, flush_receiver) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -164,7 +175,7 @@ impl Store {
                 index,
                 indexes,
                 cassettes,
-                audit,
+                audit_dir,
                 cursors: Mutex::new(HashMap::new()),
                 complete: Mutex::new(HashSet::new()),
                 index_lock: Mutex::new(()),
@@ -665,8 +676,7 @@ impl Store {
     /// [`Store::close_and_release`], then opens the store once more and closes it: sled
     /// 0.34 writes its recovery snapshot only while opening a store, so otherwise the next
     /// start replays everything written since this one opened from the log (after an
-    /// import of 100,000 interactions, or a few minutes of traffic with the audit trail
-    /// on, a quarter to half a second). The cost moves to here, off the next start.
+    /// import of 100,000 interactions, a quarter to half a second). The cost moves to here, off the next start.
     /// Compacting is an optimisation: if the store cannot be opened again (another
     /// process took it in the meantime), the store stays as closed and this says so.
     pub fn close_and_compact(self) -> Result<(), StoreError> {
@@ -696,10 +706,10 @@ impl Store {
 }
 
 impl Store {
-    /// The audit trail's tree.
-    pub fn audit(&self) -> AuditTree<'_> {
-        AuditTree {
-            tree: &self.inner.audit,
+    /// The audit trail's files.
+    pub fn audit(&self) -> AuditFiles<'_> {
+        AuditFiles {
+            dir: &self.inner.audit_dir,
         }
     }
 }

@@ -679,13 +679,18 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         trail(&store, 3);
-        store.audit().tamper_raw(9, b"not a frame").expect("write");
+        // A byte of record 2 changed by someone who does not know the file format.
+        let path = store.audit().file_path(1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, bytes).expect("write");
         let verification = verify(&store).expect("verify reports, not fails");
         assert!(!verification.intact);
         assert!(
             matches!(&verification.problem, Some(Problem::Damaged { detail })
-                if detail.contains("after record 3")
-                    && detail.contains("the audit segment ending at record 9")),
+                if detail.contains("after record 1")
+                    && detail.contains("the audit file 00000000000000000001.log")),
             "{:?}",
             verification.problem
         );

@@ -3,17 +3,16 @@
 //! The proxy hands each finished exchange to [`AuditLog::send`], a bounded queue
 //! ([`QUEUE`] exchanges): a send returns at once unless the writer has fallen that far
 //! behind, and then the request waits for room rather than its record being dropped.
-//! The writer runs on a thread of its own (sled calls block) and batches: after the first
-//! record of a round it waits [`BATCH_WINDOW`] for more, then seals everything queued
-//! (up to [`BATCH`]) onto the chain and appends it in 4 KiB segments (see
-//! `store::AuditTree`): under load one round per few hundred exchanges and one sled value
-//! per few records, instead of a write per exchange. There is no flush of its own: audit
-//! records ride on the store's flush policy (the group flush that recordings wait for,
-//! and sled's own flush every 500 ms), so replay never waits on an fsync for the audit.
-//! A `kill -9` can therefore lose the last half second of audit records, never a record
-//! from the middle, since sled recovers a prefix of the writes and a round writes its
-//! records in order. A pruning cut short by a crash is finished when the writer starts.
-//! At shutdown [`AuditWriter::close`] drains the queue before the store's final flush.
+//! The writer runs on a thread of its own (file writes block) and batches: after the
+//! first record of a round it waits [`BATCH_WINDOW`] for more, then seals everything
+//! queued (up to [`BATCH`]) onto the chain and appends it to the trail's newest file with
+//! one `write` (see `store::AuditFiles`). Under load that is one write per few hundred
+//! exchanges. The writer syncs the file and moves the on-disk head at most every
+//! [`HEAD_SYNC`] (and when it closes), so replay never waits on an fsync for the audit.
+//! A `kill -9` loses only the round being gathered (written records are in the page
+//! cache); a power cut can lose the last [`HEAD_SYNC`] of records, never a record from the
+//! middle. A torn last record and a pruning cut short are repaired when the writer starts.
+//! At shutdown [`AuditWriter::close`] drains the queue and syncs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -36,8 +35,14 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Exchanges queued for the writer at most before a request waits for room: bounds the
 /// memory a writer that falls behind can hold (a queued exchange is well under 1 KiB).
 pub const QUEUE: usize = 8192;
-/// Segments removed per retention round, so one round never holds a huge batch.
-const PRUNE_SEGMENTS: usize = 256;
+/// Files deleted per retention round at most, so one round stays short.
+const PRUNE_FILES: usize = 64;
+/// How often the writer syncs the newest file and moves the on-disk head under traffic.
+pub const HEAD_SYNC: Duration = Duration::from_millis(500);
+/// Files per `max_records`: a file closes at `max_records / FILES_PER_TRAIL` records (or
+/// at `store::FILE_BYTES`), so retention, which deletes whole files, keeps the trail
+/// within one file of `max_records`.
+const FILES_PER_TRAIL: u64 = 16;
 /// How often age-based retention runs when no traffic arrives.
 const RETENTION_TICK: Duration = Duration::from_secs(60);
 
@@ -173,6 +178,9 @@ struct State {
     head: ChainPoint,
     previous: [u8; 32],
     count: Arc<AtomicU64>,
+    /// The last sequence number the on-disk head points at.
+    synced_head: u64,
+    last_head_sync: Instant,
     max_records: u64,
     max_age: Option<Duration>,
     log: AuditLogSettings,
@@ -189,6 +197,13 @@ struct AuditLogSettings {
 
 impl State {
     fn load(store: Store, config: &AuditConfig) -> Result<Self, AuditError> {
+        let cut = store.audit().repair_tail()?;
+        if cut > 0 {
+            tracing::warn!(
+                bytes = cut,
+                "cut a torn record off the end of the audit trail (a crash or a failed write left it)"
+            );
+        }
         finish_pruning(&store)?;
         let point = resume_point(&store)?;
         let previous = point.raw_hash().ok_or_else(|| {
@@ -200,9 +215,11 @@ impl State {
         let count = Arc::new(AtomicU64::new(store.audit().count()?));
         Ok(Self {
             store,
+            synced_head: point.seq,
             head: point,
             previous,
             count,
+            last_head_sync: Instant::now(),
             max_records: config.max_records,
             max_age: config.max_age,
             log: AuditLogSettings {
@@ -216,7 +233,7 @@ impl State {
 }
 
 /// Removes records left at or before the anchor by a pruning that a crash cut short
-/// (pruning moves the anchor first; see `store::AuditTree`).
+/// (pruning moves the anchor first; see `store::AuditFiles`).
 fn finish_pruning(store: &Store) -> Result<(), AuditError> {
     let tree = store.audit();
     let Ok(Some(anchor)) = ChainPoint::read(tree.anchor()?, "anchor") else {
@@ -257,8 +274,18 @@ fn resume_point(store: &Store) -> Result<ChainPoint, AuditError> {
 impl State {
     fn run(mut self, receiver: mpsc::Receiver<Message>) {
         loop {
-            let first = match receiver.recv_timeout(RETENTION_TICK) {
+            let head_behind = self.head.seq != self.synced_head;
+            let wait = if head_behind {
+                HEAD_SYNC
+            } else {
+                RETENTION_TICK
+            };
+            let first = match receiver.recv_timeout(wait) {
                 Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) if head_behind => {
+                    self.sync_head(true);
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     self.retain(true);
                     continue;
@@ -292,6 +319,7 @@ impl State {
                 self.append(events);
             }
             self.retain(false);
+            self.sync_head(false);
             for ack in synced {
                 let _ = ack.send(());
             }
@@ -308,6 +336,7 @@ impl State {
                     self.append(late);
                 }
                 self.retain(false);
+                self.sync_head(true);
                 let _ = ack.send(());
                 break;
             }
@@ -329,15 +358,18 @@ impl State {
             seq,
             hash: hex(&previous),
         };
-        match self.store.audit().append(&batch, &head.to_bytes()) {
+        match self.store.audit().write(&batch, self.records_per_file()) {
             Ok(()) => {
                 self.count.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.head = head;
                 self.previous = previous;
             }
-            // A prefix of the round may be in place: the chain continues from the last
-            // record that was written.
+            // A prefix of the round may be in place, perhaps ending in a torn record: the
+            // chain continues from the last whole record that was written.
             Err(error) => {
+                if let Err(error) = self.store.audit().repair_tail() {
+                    tracing::error!(%error, "the end of the audit trail cannot be repaired");
+                }
                 let resumed = resume_point(&self.store)
                     .ok()
                     .and_then(|point| point.raw_hash().map(|hash| (point, hash)));
@@ -357,6 +389,27 @@ impl State {
                     self.previous = previous;
                 }
             }
+        }
+    }
+
+    fn records_per_file(&self) -> u64 {
+        match self.max_records {
+            0 => u64::MAX,
+            max => (max / FILES_PER_TRAIL).max(1),
+        }
+    }
+
+    /// Syncs the newest file and moves the on-disk head to the last record, at most every
+    /// [`HEAD_SYNC`] unless `now`.
+    fn sync_head(&mut self, now: bool) {
+        if self.head.seq == self.synced_head || (!now && self.last_head_sync.elapsed() < HEAD_SYNC)
+        {
+            return;
+        }
+        self.last_head_sync = Instant::now();
+        match self.store.audit().set_head(&self.head.to_bytes()) {
+            Ok(()) => self.synced_head = self.head.seq,
+            Err(error) => tracing::error!(%error, "the audit trail cannot be synced"),
         }
     }
 
@@ -396,10 +449,10 @@ impl State {
     }
 
     /// Prunes past `max_records`, and (at most once a second, or when `force`d by the
-    /// idle tick) past `max_age`, a whole segment at a time: the oldest segment goes
-    /// while the trail holds more than `max_records` or its newest record is too old.
-    /// So the trail never exceeds `max_records`, and may hold up to one segment fewer.
-    /// The last pruned record becomes the anchor.
+    /// idle tick) past `max_age`, a whole file at a time: the oldest file goes while the
+    /// trail holds more than `max_records` or its newest record is too old. So the trail
+    /// never exceeds `max_records`, and may hold up to one file fewer. The last pruned
+    /// record becomes the anchor.
     fn retain(&mut self, force: bool) {
         if self.unfinished_pruning {
             if let Err(error) = finish_pruning(&self.store) {
@@ -421,40 +474,67 @@ impl State {
             self.last_retention = Instant::now();
         }
         let now = SystemTime::now();
-        // One pass over the oldest segments per round.
-        let tree = self.store.audit();
+        let trail = self.store.audit();
+        let files = match trail.files() {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::error!(%error, "audit retention cannot list the trail");
+                return;
+            }
+        };
         let mut left = self.count.load(Ordering::Relaxed);
-        let mut anchor = None;
-        for segment in tree.oldest_segments().take(PRUNE_SEGMENTS) {
-            let segment = match segment {
-                Ok(segment) => segment,
-                Err(error) => {
-                    tracing::error!(%error, "audit retention cannot read the oldest records");
-                    break;
-                }
-            };
-            let (seq, bytes) = &segment.last;
-            // A record that does not parse stays for `audit verify` to report.
-            let Ok(newest) = RecordStamp::from_bytes(bytes) else {
-                break;
+        // The oldest files go while the trail is over `max_records` (known from the file
+        // names alone) or their newest record is too old; the newest record of the last
+        // one to go becomes the anchor.
+        let limit = files.len().min(PRUNE_FILES);
+        let mut anchor_record: Option<(u64, Vec<u8>)> = None;
+        for (i, file) in files.iter().enumerate().take(limit) {
+            let records = match files.get(i + 1) {
+                Some(next) => next.first.saturating_sub(file.first),
+                None => (self.head.seq + 1).saturating_sub(file.first),
             };
             let over = self.max_records > 0 && left > self.max_records;
-            let too_old = self
-                .max_age
-                .is_some_and(|max| age(&newest.time, now).is_some_and(|a| a > max));
-            if !over && !too_old {
+            if !over && !age_due {
                 break;
             }
-            left = left.saturating_sub(segment.records as u64);
-            anchor = Some(ChainPoint {
-                seq: *seq,
-                hash: newest.hash,
-            });
+            let next_goes_too =
+                over && i + 1 < limit && left.saturating_sub(records) > self.max_records;
+            let newest = if next_goes_too {
+                None
+            } else {
+                match trail.file_records(file, i + 1 == files.len()) {
+                    Ok(mut records) => records.pop(),
+                    Err(error) => {
+                        tracing::error!(%error, "audit retention cannot read the oldest records");
+                        break;
+                    }
+                }
+            };
+            // A record that does not parse stays for `audit verify` to report.
+            let too_old = |bytes: &[u8]| {
+                RecordStamp::from_bytes(bytes).is_ok_and(|stamp| {
+                    self.max_age
+                        .is_some_and(|max| age(&stamp.time, now).is_some_and(|a| a > max))
+                })
+            };
+            if !over && !newest.as_ref().is_some_and(|(_, bytes)| too_old(bytes)) {
+                break;
+            }
+            left = left.saturating_sub(records);
+            anchor_record = newest;
         }
-        let Some(anchor) = anchor else {
+        let Some((seq, bytes)) = anchor_record else {
             return;
         };
-        match tree.prune(anchor.seq, &anchor.to_bytes()) {
+        let Ok(stamp) = RecordStamp::from_bytes(&bytes) else {
+            tracing::error!(seq, "audit retention stops at a record that does not parse; run `graphvcr audit verify`");
+            return;
+        };
+        let anchor = ChainPoint {
+            seq,
+            hash: stamp.hash,
+        };
+        match trail.prune(anchor.seq, &anchor.to_bytes()) {
             Ok(removed) => {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
                 tracing::debug!(through = anchor.seq, removed, "audit records pruned");
@@ -529,19 +609,54 @@ pub(crate) mod tests {
         assert!(records[0].request_body.is_none(), "bodies are off");
 
         // A second writer continues the chain; retention keeps at most the newest 4,
-        // dropping whole segments (the first writer's records went in one or more).
+        // dropping whole files: the first writer's three records share one (it had no
+        // limit), so it goes whole and three records are left.
         let (log, writer) = AuditLog::start(store.clone(), &config(4)).expect("restart");
         for _ in 0..3 {
             log.send(event(201));
         }
         writer.close().await;
         let kept = log.records();
-        assert!((1..=4).contains(&kept), "{kept} records kept");
+        assert_eq!(kept, 3);
         let verification = super::super::verify(&store).expect("verify");
         assert!(verification.intact, "{}", verification.message);
         assert_eq!(verification.records, kept);
         assert_eq!(verification.last, Some(6));
         assert_eq!(verification.first, Some(7 - kept));
         assert_eq!(verification.anchor.map(|a| a.seq), Some(6 - kept));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_record_is_cut_off_at_start_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (log, writer) = AuditLog::start(store.clone(), &config(0)).expect("start");
+        log.send(event(200));
+        log.send(event(201));
+        writer.close().await;
+        // What a crash in the middle of a write leaves: part of a third record.
+        let path = store.audit().file_path(1);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut file, &[0, 0, 0, 0, 0, 0, 0, 3, 0, 0]).expect("write");
+        drop(file);
+
+        let (log, writer) = AuditLog::start(store.clone(), &config(0)).expect("restart");
+        log.send(event(202));
+        writer.close().await;
+        let statuses: Vec<(u64, u16)> = super::super::query(&store, &Default::default())
+            .expect("query")
+            .iter()
+            .map(|r| (r.seq, r.status))
+            .collect();
+        assert_eq!(statuses, vec![(1, 200), (2, 201), (3, 202)]);
+        let verification = super::super::verify(&store).expect("verify");
+        assert!(verification.intact, "{}", verification.message);
+        // The head was synced at close.
+        assert_eq!(verification.last, Some(3));
+        let head = ChainPoint::read(store.audit().head().expect("head"), "head").expect("parse");
+        assert_eq!(head.map(|h| h.seq), Some(3));
     }
 }

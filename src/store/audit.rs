@@ -1,257 +1,463 @@
-//! The audit trail's storage: opaque record bytes in sequence order, packed into
-//! segments, plus two small values (the anchor left by pruning and the head after the
-//! last append). The record format and the hash chain belong to `audit`; this only keeps
-//! bytes in order.
+//! The audit trail's storage: opaque record bytes in sequence order, appended to files in
+//! `<store>/audit/`, plus two small files (the anchor left by pruning and the head after
+//! the last synced append). The record format and the hash chain belong to `audit`; this
+//! only keeps bytes in order.
 //!
-//! Why segments: sled 0.34 splits leaves every 16 keys and logs each insert with its
-//! share of a leaf rewrite, so one key per ~1.4 KB record cost about 7 KB of log writes
-//! and most of the proxy's CPU under replay load. A segment packs consecutive records
-//! of one append (up to [`SEGMENT_BYTES`]), so sled sees a few inserts per round of the
-//! writer instead of one per exchange.
+//! Why files and not sled: the trail is append-only and pruned from the oldest end, which
+//! is what a log file does for free. In sled it cost about half of the audit writer's CPU
+//! (sled logs several times the bytes it stores for small values), retention pulled long
+//! evicted pages back into sled's cache to delete them, and the trail's pages shared that
+//! cache with the cassettes'. Here an append is one `write` per round of the writer and a
+//! pruning deletes whole files.
 //!
-//! Why no sled batches: `apply_batch` takes a process-wide lock exclusively, and after
-//! the first batch sled makes every read in the process take that lock shared. Replay's
-//! lookups then queued behind each audit round (p99 at concurrency 64 was 10-19 ms with
-//! batches, 7.5-8.6 ms without). Order does the batch's job instead, because sled
-//! recovers a prefix of the writes it was given: an append inserts its segments oldest
-//! first and then the head, so a crash leaves the head at or behind the last record
-//! (the writer resumes from the last record); a pruning moves the anchor first and then
-//! removes the records up to it, so a crash leaves records at or before the anchor,
-//! which readers of the chain skip and the next writer removes ([`AuditTree::prune`]
-//! again with the same anchor).
+//! Layout: `<first seq, 20 digits>.log` files, each a run of frames `seq` (u64 BE),
+//! `len` (u32 BE), `crc32` (u32 BE, of seq, len and the bytes), then `len` bytes. A file is
+//! named after its first record, so name order is sequence order, and a file's record
+//! count is the next file's first sequence number minus its own.
 //!
-//! Keys: `s` + the sequence number of the segment's *last* record (8 bytes, big-endian),
-//! so key order is append order and a segment's key survives trimming its oldest records.
-//! A segment's value is a run of frames: `seq` (u64 BE), `len` (u32 BE), `len` bytes.
-//! Keys `r` + sequence number hold one record each (the layout before segments); they
-//! sort before every `s` key and read as one-record segments, so older stores keep
-//! working. `m/anchor` and `m/head` are the chain's ends.
+//! Crash safety, by order rather than transactions:
+//! - an append writes frames at the end of the newest file; only the newest file can end
+//!   in a torn frame, since a file is synced before the next one is started. Readers take
+//!   a frame cut short at the end of the newest file as the end of the trail (a write in
+//!   progress); the writer cuts such a tail off when it starts ([`AuditFiles::repair_tail`]);
+//! - the head moves only after the newest file is synced ([`AuditFiles::set_head`]), so it
+//!   is always at or behind the last durable record;
+//! - a pruning writes and syncs the anchor first, then deletes files, so a crash leaves
+//!   records at or before the anchor, which readers of the chain skip and the next writer
+//!   removes ([`AuditFiles::prune`] again with the same anchor).
+//!
+//! Stores written before the trail moved to files kept it in the sled tree
+//! [`LEGACY_TREE`]; [`migrate_legacy`] moves it here once, when the store opens.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
 
 use super::StoreError;
 
-/// sled tree of the audit trail.
-pub const AUDIT_TREE: &str = "audit";
-/// One record per key: the layout before segments, still read.
-const SINGLE: u8 = b'r';
-const SEGMENT: u8 = b's';
-const ANCHOR: &[u8] = b"m/anchor";
-const HEAD: &[u8] = b"m/head";
-/// A segment is closed at this size; an append of more writes several.
-/// Small on purpose: sled keeps 16 values to a leaf and holds whole leaves in memory, so
-/// with 64 KiB segments the writer's leaves alone took ~40 MiB of RSS under load; with
-/// 4 KiB (about three records) it is a few MiB, and sled still sees a third of the
-/// inserts.
-pub const SEGMENT_BYTES: usize = 4 * 1024;
-const FRAME_HEADER: usize = 12;
+/// Directory of the trail inside the store directory.
+pub const AUDIT_DIR: &str = "audit";
+/// sled tree that held the trail in older stores.
+pub const LEGACY_TREE: &str = "audit";
+const ANCHOR_FILE: &str = "anchor";
+const HEAD_FILE: &str = "head";
+const EXTENSION: &str = "log";
+/// A file is closed at this size (or at the writer's record limit per file, whichever
+/// comes first); retention deletes whole files, so this is its granularity too.
+pub const FILE_BYTES: u64 = 4 << 20;
+const FRAME_HEADER: usize = 16;
 
 /// Records as `(seq, bytes)`, oldest first.
 pub type Records = Vec<(u64, Vec<u8>)>;
 
-fn key(kind: u8, seq: u64) -> [u8; 9] {
-    let mut key = [kind; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
+fn io(what: &str, path: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{what} {}: {error}", path.display()))
 }
 
-fn key_seq(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+fn file_name(first: u64) -> String {
+    format!("{first:020}.{EXTENSION}")
 }
 
-fn damaged(key: &[u8], detail: &str) -> StoreError {
-    let key = match (key.first(), key_seq(key)) {
-        (Some(&SEGMENT), Some(seq)) => format!("the audit segment ending at record {seq}"),
-        (Some(&SINGLE), Some(seq)) => format!("audit record {seq}"),
-        _ => format!("audit key {key:?}"),
-    };
-    StoreError::Decode {
-        key,
-        detail: detail.to_owned(),
-    }
+fn frame_crc(seq: u64, len: u32, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_be_bytes());
+    hasher.update(&len.to_be_bytes());
+    hasher.update(bytes);
+    hasher.finalize()
 }
 
-/// Visits the records of one stored value, oldest first, as `(seq, bytes)` borrowed
-/// from the value; stops at the first frame that is cut short.
-fn for_each_record<'v>(
-    key: &[u8],
-    value: &'v [u8],
-    mut visit: impl FnMut(u64, &'v [u8]),
-) -> Result<(), StoreError> {
-    let seq = key_seq(key).ok_or_else(|| damaged(key, "not a sequence number"))?;
-    match key.first() {
-        Some(&SINGLE) => {
-            visit(seq, value);
-            Ok(())
-        }
-        Some(&SEGMENT) => {
-            let mut rest = value;
-            while !rest.is_empty() {
-                let (header, body) = rest
-                    .split_at_checked(FRAME_HEADER)
-                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
-                let (seq_bytes, len_bytes) = header.split_at(8);
-                let record_seq = u64::from_be_bytes(seq_bytes.try_into().unwrap_or([0; 8]));
-                let len = u32::from_be_bytes(len_bytes.try_into().unwrap_or([0; 4])) as usize;
-                let (bytes, after) = body
-                    .split_at_checked(len)
-                    .ok_or_else(|| damaged(key, "segment frame cut short"))?;
-                visit(record_seq, bytes);
-                rest = after;
-            }
-            Ok(())
-        }
-        _ => Err(damaged(key, "not an audit record key")),
-    }
+fn push_frame(out: &mut Vec<u8>, seq: u64, bytes: &[u8]) {
+    // A record over 4 GiB cannot occur (bodies are capped far below); saturate rather than
+    // wrap if it ever did, so the frame reads back as cut short, not as garbage.
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&frame_crc(seq, len, bytes).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
-/// The records of one stored value, oldest first.
-fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
+/// Why a file's frames stop before its end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    CutShort,
+    Checksum,
+}
+
+/// A file's frames as `(seq, byte range)`, and where and why they stop if they do before
+/// the end of the data.
+struct Scan {
+    records: Vec<(u64, std::ops::Range<usize>)>,
+    valid: usize,
+    stop: Option<Stop>,
+}
+
+fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
-    for_each_record(key, value, |seq, bytes| records.push((seq, bytes.to_vec())))?;
-    Ok(records)
-}
-
-/// How many records a stored value holds and the newest of them, without copying the
-/// others: what retention needs to decide on a whole segment.
-fn summary(key: &[u8], value: &[u8]) -> Result<SegmentEnd, StoreError> {
-    let mut records = 0;
-    let mut last = None;
-    for_each_record(key, value, |seq, bytes| {
-        records += 1;
-        last = Some((seq, bytes));
-    })?;
-    let (seq, bytes) = last.ok_or_else(|| damaged(key, "segment without records"))?;
-    Ok(SegmentEnd {
-        records,
-        last: (seq, bytes.to_vec()),
-    })
-}
-
-/// A stored value's record count and newest record `(seq, bytes)`.
-pub struct SegmentEnd {
-    pub records: usize,
-    pub last: (u64, Vec<u8>),
-}
-
-/// The first record's sequence number, without copying the segment.
-fn first_seq(key: &[u8], value: &[u8]) -> Option<u64> {
-    match key.first() {
-        Some(&SINGLE) => key_seq(key),
-        Some(&SEGMENT) => Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?)),
-        _ => None,
-    }
-}
-
-fn encode(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let size = records
-        .iter()
-        .map(|(_, b)| FRAME_HEADER + b.len())
-        .sum::<usize>();
-    let mut value = Vec::with_capacity(size);
-    for (seq, bytes) in records {
-        value.extend_from_slice(&seq.to_be_bytes());
-        // A record over 4 GiB cannot occur (bodies are capped far below); saturate rather
-        // than wrap if it ever did, so the frame reads back as cut short, not as garbage.
-        value.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-        value.extend_from_slice(bytes);
-    }
-    value
-}
-
-/// Splits records into segments of at most [`SEGMENT_BYTES`] (a bigger record gets one
-/// to itself).
-fn segments(records: &[(u64, Vec<u8>)]) -> Vec<&[(u64, Vec<u8>)]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut size = 0;
-    for (i, (_, bytes)) in records.iter().enumerate() {
-        let frame = FRAME_HEADER + bytes.len();
-        if i > start && size + frame > SEGMENT_BYTES {
-            out.push(&records[start..i]);
-            start = i;
-            size = 0;
+    let mut at = 0;
+    let stop = loop {
+        let Some(header) = data.get(at..at + FRAME_HEADER) else {
+            break (at < data.len()).then_some(Stop::CutShort);
+        };
+        let seq = u64::from_be_bytes(header[..8].try_into().unwrap_or([0; 8]));
+        let len = u32::from_be_bytes(header[8..12].try_into().unwrap_or([0; 4]));
+        let crc = u32::from_be_bytes(header[12..16].try_into().unwrap_or([0; 4]));
+        let start = at + FRAME_HEADER;
+        let Some(bytes) = data.get(start..start + len as usize) else {
+            break Some(Stop::CutShort);
+        };
+        if frame_crc(seq, len, bytes) != crc {
+            break Some(Stop::Checksum);
         }
-        size += frame;
+        records.push((seq, start..start + len as usize));
+        at = start + len as usize;
+    };
+    Scan {
+        records,
+        valid: at,
+        stop,
     }
-    if start < records.len() {
-        out.push(&records[start..]);
-    }
-    out
 }
 
-/// The audit trail's tree; see the module documentation.
-pub struct AuditTree<'a> {
-    pub(super) tree: &'a sled::Tree,
+/// One log file: its name's sequence number and path.
+#[derive(Debug, Clone)]
+pub struct LogFile {
+    pub first: u64,
+    path: PathBuf,
 }
 
-impl AuditTree<'_> {
-    fn values(&self) -> impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
-        self.tree.range(&[SINGLE][..]..&[SEGMENT + 1][..])
+impl LogFile {
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The records of one file, and whether its frames stop early.
+struct FileRecords {
+    records: Records,
+    stop: Option<Stop>,
+    valid: usize,
+    len: usize,
+}
+
+/// The audit trail's files; see the module documentation.
+pub struct AuditFiles<'a> {
+    pub(super) dir: &'a Path,
+}
+
+impl AuditFiles<'_> {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
-    /// Appends records (in sequence order), then moves the head; see the module
-    /// documentation for why in that order and not as a batch. Not flushed: the caller
-    /// relies on the store's flush policy (sled's periodic flush, the group flusher, the
-    /// final flush). On an error, a prefix of the records may be in place.
-    pub fn append(&self, records: &[(u64, Vec<u8>)], head: &[u8]) -> Result<(), StoreError> {
-        for segment in segments(records) {
-            if let Some((last, _)) = segment.last() {
-                self.tree
-                    .insert(&key(SEGMENT, *last)[..], encode(segment))?;
+    fn damaged(&self, file: &LogFile, stop: Stop) -> StoreError {
+        StoreError::Decode {
+            key: format!("the audit file {}", file.name()),
+            detail: match stop {
+                Stop::CutShort => "a record is cut short".to_owned(),
+                Stop::Checksum => "a record's checksum does not match".to_owned(),
+            },
+        }
+    }
+
+    /// The log files, oldest first.
+    pub fn files(&self) -> Result<Vec<LogFile>, StoreError> {
+        let entries = match fs::read_dir(self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("cannot list the audit trail in", self.dir, e)),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io("cannot list the audit trail in", self.dir, e))?;
+            let name = entry.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(&format!(".{EXTENSION}")))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            files.push(LogFile {
+                first,
+                path: entry.path(),
+            });
+        }
+        files.sort_by_key(|f| f.first);
+        Ok(files)
+    }
+
+    /// Reads one file; `None` if it is gone (pruned meanwhile).
+    fn read(&self, file: &LogFile) -> Result<Option<FileRecords>, StoreError> {
+        let data = match fs::read(&file.path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("cannot read", &file.path, e)),
+        };
+        let scan = scan(&data);
+        let records = scan
+            .records
+            .iter()
+            .map(|(seq, range)| (*seq, data[range.clone()].to_vec()))
+            .collect();
+        Ok(Some(FileRecords {
+            records,
+            stop: scan.stop,
+            valid: scan.valid,
+            len: data.len(),
+        }))
+    }
+
+    /// A file's records for a reader, and the damage they stop at if any; a frame cut
+    /// short at the end of the newest file is no damage but a write in progress (or a
+    /// crash's torn tail).
+    fn read_partial(
+        &self,
+        file: &LogFile,
+        newest: bool,
+    ) -> Result<(Records, Option<StoreError>), StoreError> {
+        let Some(read) = self.read(file)? else {
+            return Ok((Vec::new(), None));
+        };
+        let damage = match read.stop {
+            None => None,
+            Some(Stop::CutShort) if newest => None,
+            Some(stop) => Some(self.damaged(file, stop)),
+        };
+        Ok((read.records, damage))
+    }
+
+    /// A file's records; damage is an error.
+    fn read_checked(&self, file: &LogFile, newest: bool) -> Result<Records, StoreError> {
+        match self.read_partial(file, newest)? {
+            (records, None) => Ok(records),
+            (_, Some(damage)) => Err(damage),
+        }
+    }
+
+    /// Appends records (in sequence order) to the newest file, starting a new file when
+    /// it reaches [`FILE_BYTES`] or `records_per_file`. Not synced: [`Self::set_head`]
+    /// syncs before it moves the head. On an error a prefix of the records may be in
+    /// place, possibly ending in a torn frame ([`Self::repair_tail`] cuts it off).
+    pub fn write(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        records_per_file: u64,
+    ) -> Result<(), StoreError> {
+        let Some((first_seq, _)) = records.first() else {
+            return Ok(());
+        };
+        fs::create_dir_all(self.dir).map_err(|e| io("cannot create", self.dir, e))?;
+        let mut current = match self.files()?.pop() {
+            Some(file) => {
+                let handle = OpenOptions::new()
+                    .append(true)
+                    .open(&file.path)
+                    .map_err(|e| io("cannot open", &file.path, e))?;
+                let size = handle
+                    .metadata()
+                    .map_err(|e| io("cannot read the size of", &file.path, e))?
+                    .len();
+                let held = first_seq.saturating_sub(file.first);
+                Some(OpenFile {
+                    handle,
+                    path: file.path,
+                    size,
+                    records: held,
+                })
+            }
+            None => None,
+        };
+        let mut buffer = Vec::new();
+        for (seq, bytes) in records {
+            let frame = (FRAME_HEADER + bytes.len()) as u64;
+            let full = current.as_ref().is_none_or(|f| {
+                f.records > 0
+                    && (f.size + frame > FILE_BYTES || f.records >= records_per_file.max(1))
+            });
+            if full {
+                if let Some(mut file) = current.take() {
+                    file.write(&mut buffer)?;
+                    // Only the newest file may end torn: the one before is synced first.
+                    file.handle
+                        .sync_data()
+                        .map_err(|e| io("cannot sync", &file.path, e))?;
+                }
+                let path = self.path(&file_name(*seq));
+                let handle = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| io("cannot create", &path, e))?;
+                current = Some(OpenFile {
+                    handle,
+                    path,
+                    size: 0,
+                    records: 0,
+                });
+            }
+            if let Some(file) = current.as_mut() {
+                push_frame(&mut buffer, *seq, bytes);
+                file.size += frame;
+                file.records += 1;
             }
         }
-        self.tree.insert(HEAD, head)?;
+        if let Some(mut file) = current {
+            file.write(&mut buffer)?;
+        }
         Ok(())
+    }
+
+    /// Syncs the newest file, then records `head` as the chain's end: the head is never
+    /// ahead of what a crash keeps.
+    pub fn set_head(&self, head: &[u8]) -> Result<(), StoreError> {
+        self.sync_newest()?;
+        self.replace(HEAD_FILE, head, false)
+    }
+
+    fn sync_newest(&self) -> Result<(), StoreError> {
+        if let Some(newest) = self.files()?.pop() {
+            File::open(&newest.path)
+                .and_then(|file| file.sync_data())
+                .map_err(|e| io("cannot sync", &newest.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::write`] then [`Self::set_head`].
+    pub fn append(&self, records: &[(u64, Vec<u8>)], head: &[u8]) -> Result<(), StoreError> {
+        self.write(records, u64::MAX)?;
+        self.set_head(head)
+    }
+
+    /// Replaces a small file whole: written aside, synced, renamed over the old one (and
+    /// the directory synced when the rename must be durable before what follows).
+    fn replace(&self, name: &str, bytes: &[u8], sync_dir: bool) -> Result<(), StoreError> {
+        fs::create_dir_all(self.dir).map_err(|e| io("cannot create", self.dir, e))?;
+        let aside = self.path(&format!("{name}.tmp"));
+        let target = self.path(name);
+        let mut file = File::create(&aside).map_err(|e| io("cannot create", &aside, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("cannot write", &aside, e))?;
+        fs::rename(&aside, &target).map_err(|e| io("cannot replace", &target, e))?;
+        if sync_dir {
+            File::open(self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("cannot sync", self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn small_file(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("cannot read", &path, e)),
+        }
+    }
+
+    /// Cuts off a torn frame at the end of the newest file (a crash or a failed write left
+    /// it); returns the bytes removed. Damage elsewhere is left for `audit verify`.
+    pub fn repair_tail(&self) -> Result<usize, StoreError> {
+        let Some(newest) = self.files()?.pop() else {
+            return Ok(0);
+        };
+        let Some(read) = self.read(&newest)? else {
+            return Ok(0);
+        };
+        // A torn tail is the last frame only: a bad frame followed by good ones is damage.
+        let torn = match read.stop {
+            Some(Stop::CutShort) => true,
+            Some(Stop::Checksum) => self.torn_at(&newest, read.valid)?,
+            None => false,
+        };
+        if !torn {
+            return Ok(0);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&newest.path)
+            .map_err(|e| io("cannot open", &newest.path, e))?;
+        file.set_len(read.valid as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io("cannot truncate", &newest.path, e))?;
+        Ok(read.len - read.valid)
+    }
+
+    /// Whether the frame at `at` with a bad checksum is a torn tail: it reaches the end of
+    /// the file, or only zeros follow (what a write lost in a power cut leaves), as
+    /// opposed to an edit in the middle.
+    fn torn_at(&self, file: &LogFile, at: usize) -> Result<bool, StoreError> {
+        let data = fs::read(&file.path).map_err(|e| io("cannot read", &file.path, e))?;
+        let Some(rest) = data.get(at..) else {
+            return Ok(false);
+        };
+        let declared = rest
+            .get(8..12)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u32::from_be_bytes(b) as usize);
+        Ok(FRAME_HEADER + declared >= rest.len() || rest.iter().all(|b| *b == 0))
     }
 
     /// Every record, oldest first, as `(seq, bytes)`.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.values().flat_map(|entry| {
-            let decoded = entry
-                .map_err(StoreError::from)
-                .and_then(|(key, value)| decode(&key, &value));
-            let (records, error) = match decoded {
-                Ok(records) => (records, None),
+        let (files, error) = match self.files() {
+            Ok(files) => (files, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        let newest = files.len().saturating_sub(1);
+        let per_file = files.into_iter().enumerate().flat_map(move |(i, file)| {
+            let (records, error) = match self.read_partial(&file, i == newest) {
+                Ok(read) => read,
                 Err(error) => (Vec::new(), Some(error)),
             };
             records.into_iter().map(Ok).chain(error.map(Err))
-        })
+        });
+        error.into_iter().map(Err).chain(per_file)
     }
 
-    /// Segments oldest first, each as its record count and newest record: what retention
-    /// walks, stopping at the first it keeps.
-    pub fn oldest_segments(&self) -> impl Iterator<Item = Result<SegmentEnd, StoreError>> + '_ {
-        self.values().map(|entry| {
-            let (key, value) = entry?;
-            summary(&key, &value)
-        })
+    /// A file's records (for retention, which needs a file's newest record).
+    pub fn file_records(&self, file: &LogFile, newest: bool) -> Result<Records, StoreError> {
+        self.read_checked(file, newest)
     }
 
     /// The newest record.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.values().next_back() {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                Ok(decode(&key, &value)?.pop())
+        let files = self.files()?;
+        let newest = files.len().saturating_sub(1);
+        for (i, file) in files.iter().enumerate().rev() {
+            if let Some(last) = self.read_checked(file, i == newest)?.pop() {
+                return Ok(Some(last));
             }
         }
+        Ok(None)
     }
 
-    /// How many records there are, without reading them: records are appended in
-    /// sequence and pruned from the oldest, so they are numbered contiguously from the
-    /// first to the last (a scan took 140-200 ms at every start-up with 100,000 records).
+    /// The oldest record's sequence number, from its first frame alone.
+    pub fn first_seq(&self) -> Result<Option<u64>, StoreError> {
+        for file in self.files()? {
+            let mut header = [0u8; 8];
+            let read = File::open(&file.path).and_then(|mut f| f.read_exact(&mut header));
+            match read {
+                Ok(()) => return Ok(Some(u64::from_be_bytes(header))),
+                // Gone (pruned meanwhile) or empty (just started): the next file tells.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::UnexpectedEof) => {}
+                Err(e) => return Err(io("cannot read", &file.path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many records there are, reading only the first frame and the newest file:
+    /// records are appended in sequence and pruned from the oldest, so they are numbered
+    /// contiguously from the first to the last.
     pub fn count(&self) -> Result<u64, StoreError> {
-        let mut values = self.values();
-        let Some(first) = values.next() else {
+        let (Some(first), Some((last, _))) = (self.first_seq()?, self.last()?) else {
             return Ok(0);
-        };
-        let (first_key, first_value) = first?;
-        let first = first_seq(&first_key, &first_value)
-            .ok_or_else(|| damaged(&first_key, "segment without records"))?;
-        let last = match values.next_back() {
-            Some(last) => key_seq(&last?.0).unwrap_or(first),
-            None => key_seq(&first_key).unwrap_or(first),
         };
         Ok(last.saturating_sub(first) + 1)
     }
@@ -262,36 +468,46 @@ impl AuditTree<'_> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values().next().is_none()
+        self.first_seq().ok().flatten().is_none()
+    }
+
+    /// Bytes the trail takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.files()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| fs::metadata(&f.path).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The anchor left by the last pruning.
     pub fn anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(ANCHOR)?.map(|v| v.to_vec()))
+        self.small_file(ANCHOR_FILE)
     }
 
-    /// The head written with the last append.
+    /// The head written with the last synced append.
     pub fn head(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(HEAD)?.map(|v| v.to_vec()))
+        self.small_file(HEAD_FILE)
     }
 
-    /// Sets the anchor, then removes every record up to and including `through`, oldest
-    /// first (see the module documentation for why in that order). Returns how many
-    /// records were removed. Retention passes a segment's last record, so whole segments
-    /// go; a segment cut in the middle is rewritten. Running it again with the same
+    /// Sets the anchor (durably), then removes every record up to and including
+    /// `through`, oldest first (see the module documentation for why in that order).
+    /// Returns how many records were removed. Files wholly within the cut are deleted
+    /// unread; a file cut in the middle is rewritten. Running it again with the same
     /// arguments finishes a pruning that was cut short.
     pub fn prune(&self, through: u64, anchor: &[u8]) -> Result<usize, StoreError> {
-        self.tree.insert(ANCHOR, anchor)?;
+        self.replace(ANCHOR_FILE, anchor, true)?;
+        let files = self.files()?;
         let mut removed = 0;
-        for entry in self.values() {
-            let (key, value) = entry?;
-            // A value whose last record is within the cut goes whole, unread.
-            if key_seq(&key).is_some_and(|last| last <= through) {
-                removed += summary(&key, &value)?.records;
-                self.tree.remove(key)?;
+        for (i, file) in files.iter().enumerate() {
+            let next_first = files.get(i + 1).map(|f| f.first);
+            if next_first.is_some_and(|next| next.saturating_sub(1) <= through) {
+                removed += next_first.unwrap_or(file.first).saturating_sub(file.first) as usize;
+                remove(&file.path)?;
                 continue;
             }
-            let records = decode(&key, &value)?;
+            let records = self.read_checked(file, next_first.is_none())?;
             let keep: Vec<(u64, Vec<u8>)> = records
                 .iter()
                 .filter(|(seq, _)| *seq > through)
@@ -299,93 +515,249 @@ impl AuditTree<'_> {
                 .collect();
             removed += records.len() - keep.len();
             if keep.is_empty() {
-                self.tree.remove(key)?;
-            } else {
-                if keep.len() < records.len() {
-                    self.tree.insert(key, encode(&keep))?;
-                }
-                break;
+                remove(&file.path)?;
+            } else if keep.len() < records.len() {
+                self.rewrite(file, &keep)?;
             }
+            break;
         }
         Ok(removed)
     }
 
-    /// The oldest record's sequence number.
-    pub fn first_seq(&self) -> Result<Option<u64>, StoreError> {
-        match self.values().next() {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                first_seq(&key, &value)
-                    .map(Some)
-                    .ok_or_else(|| damaged(&key, "segment without records"))
-            }
+    /// Replaces a file's records with `records`, under the name of the first of them.
+    fn rewrite(&self, file: &LogFile, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let Some((first, _)) = records.first() else {
+            return remove(&file.path);
+        };
+        let mut bytes = Vec::new();
+        for (seq, record) in records {
+            push_frame(&mut bytes, *seq, record);
         }
-    }
-
-    /// Finds the stored value holding record `seq` (or where it would go).
-    fn holder(&self, seq: u64) -> Result<Option<(sled::IVec, Records)>, StoreError> {
-        if let Some(value) = self.tree.get(key(SINGLE, seq))? {
-            return Ok(Some((
-                key(SINGLE, seq)[..].into(),
-                vec![(seq, value.to_vec())],
-            )));
+        let name = file_name(*first);
+        self.replace(&name, &bytes, true)?;
+        if self.path(&name) != file.path {
+            remove(&file.path)?;
         }
-        match self
-            .tree
-            .range(&key(SEGMENT, seq)[..]..&[SEGMENT + 1][..])
-            .next()
-        {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                let records = decode(&key, &value)?;
-                Ok(Some((key, records)))
-            }
-        }
-    }
-
-    /// Writes raw bytes as the segment ending at `last`, framed or not: damage that
-    /// `audit verify` must report.
-    #[cfg(test)]
-    pub(crate) fn tamper_raw(&self, last: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.tree.insert(key(SEGMENT, last), value)?;
         Ok(())
+    }
+
+    /// Writes raw bytes as the file whose first record would be `first`, framed or not:
+    /// damage that `audit verify` must report.
+    #[cfg(test)]
+    pub(crate) fn tamper_raw(&self, first: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.replace(&file_name(first), value, false)
+    }
+
+    /// The path of the file named after `first`, for tests that damage it.
+    #[cfg(test)]
+    pub(crate) fn file_path(&self, first: u64) -> PathBuf {
+        self.path(&file_name(first))
     }
 
     /// Replaces, inserts (`Some`) or removes (`None`) one record's bytes in place, leaving
     /// the head, the anchor and every other record as they are: what someone editing the
     /// store's files could do. For tests of `audit verify`; graphvcr never calls it.
     pub fn tamper(&self, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), StoreError> {
-        let Some((holder, mut records)) = self.holder(seq)? else {
+        let files = self.files()?;
+        let Some(holder) = files.iter().rev().find(|f| f.first <= seq) else {
             if let Some(bytes) = bytes {
-                self.tree
-                    .insert(key(SEGMENT, seq), encode(&[(seq, bytes)]))?;
+                self.replace(&file_name(seq), &frame_bytes(&[(seq, bytes)]), false)?;
             }
             return Ok(());
         };
+        let mut records = self.read_checked(holder, false)?;
         records.retain(|(s, _)| *s != seq);
         if let Some(bytes) = bytes {
             let at = records.partition_point(|(s, _)| *s < seq);
             records.insert(at, (seq, bytes));
         }
         if records.is_empty() {
-            self.tree.remove(holder)?;
-        } else if holder.first() == Some(&SINGLE) {
-            self.tree.insert(holder, records.remove(0).1)?;
+            remove(&holder.path)
         } else {
-            self.tree.insert(holder, encode(&records))?;
+            // Same name whatever the first record is now: an edit, not a reorganisation.
+            self.replace(&holder.name(), &frame_bytes(&records), false)
+        }
+    }
+}
+
+fn frame_bytes(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (seq, record) in records {
+        push_frame(&mut bytes, *seq, record);
+    }
+    bytes
+}
+
+fn remove(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("cannot remove", path, e)),
+    }
+}
+
+/// The newest file while an append writes to it.
+struct OpenFile {
+    handle: File,
+    path: PathBuf,
+    size: u64,
+    records: u64,
+}
+
+impl OpenFile {
+    fn write(&mut self, buffer: &mut Vec<u8>) -> Result<(), StoreError> {
+        if !buffer.is_empty() {
+            self.handle
+                .write_all(buffer)
+                .map_err(|e| io("cannot append to", &self.path, e))?;
+            buffer.clear();
         }
         Ok(())
     }
 }
 
+/// Moves a trail kept in the sled tree of older stores into files, once: written into a
+/// directory aside, which is renamed into place when complete, and only then is the tree
+/// cleared. A migration cut short starts over; one whose rename was done but whose tree
+/// was not yet cleared just clears it. Returns how many records moved.
+pub(super) fn migrate_legacy(tree: &sled::Tree, dir: &Path) -> Result<u64, StoreError> {
+    if tree.is_empty() {
+        return Ok(0);
+    }
+    if dir.exists() {
+        // Renamed into place before a crash: the tree is what is left to clear.
+        tree.clear()?;
+        tree.flush()?;
+        return Ok(0);
+    }
+    let aside = dir.with_extension("migrating");
+    if aside.exists() {
+        fs::remove_dir_all(&aside).map_err(|e| io("cannot remove", &aside, e))?;
+    }
+    fs::create_dir_all(&aside).map_err(|e| io("cannot create", &aside, e))?;
+    let files = AuditFiles { dir: &aside };
+    let mut moved = 0u64;
+    let mut batch: Records = Vec::new();
+    let mut batch_bytes = 0;
+    for entry in tree.range(&[legacy::SINGLE][..]..&[legacy::SEGMENT + 1][..]) {
+        let (key, value) = entry?;
+        for record in legacy::decode(&key, &value)? {
+            batch_bytes += record.1.len();
+            batch.push(record);
+        }
+        if batch_bytes >= FILE_BYTES as usize {
+            moved += batch.len() as u64;
+            files.write(&std::mem::take(&mut batch), u64::MAX)?;
+            batch_bytes = 0;
+        }
+    }
+    moved += batch.len() as u64;
+    files.write(&batch, u64::MAX)?;
+    if let Some(anchor) = tree.get(legacy::ANCHOR)? {
+        files.replace(ANCHOR_FILE, &anchor, false)?;
+    }
+    match tree.get(legacy::HEAD)? {
+        Some(head) => files.set_head(&head)?,
+        None => files.sync_newest()?,
+    }
+    fs::rename(&aside, dir).map_err(|e| io("cannot move into place", dir, e))?;
+    if let Some(parent) = dir.parent() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync", parent, e))?;
+    }
+    tree.clear()?;
+    tree.flush()?;
+    Ok(moved)
+}
+
+/// The sled layout of older stores, read only to migrate it.
+mod legacy {
+    use super::{Records, StoreError};
+
+    /// One record per key: `r` + sequence number (8 bytes, big-endian).
+    pub const SINGLE: u8 = b'r';
+    /// `s` + the sequence number of the segment's last record; the value a run of frames
+    /// `seq` (u64 BE), `len` (u32 BE), `len` bytes.
+    pub const SEGMENT: u8 = b's';
+    pub const ANCHOR: &[u8] = b"m/anchor";
+    pub const HEAD: &[u8] = b"m/head";
+    const FRAME_HEADER: usize = 12;
+
+    fn damaged(key: &[u8], detail: &str) -> StoreError {
+        StoreError::Decode {
+            key: format!("the older audit key {key:?}"),
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn key(kind: u8, seq: u64) -> [u8; 9] {
+        let mut key = [kind; 9];
+        key[1..].copy_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    /// The records of one stored value, oldest first.
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Records, StoreError> {
+        let seq = key
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| damaged(key, "not a sequence number"))?;
+        match key.first() {
+            Some(&SINGLE) => Ok(vec![(seq, value.to_vec())]),
+            Some(&SEGMENT) => {
+                let mut records = Vec::new();
+                let mut rest = value;
+                while !rest.is_empty() {
+                    let (header, body) = rest
+                        .split_at_checked(FRAME_HEADER)
+                        .ok_or_else(|| damaged(key, "segment frame cut short"))?;
+                    let (seq_bytes, len_bytes) = header.split_at(8);
+                    let seq = u64::from_be_bytes(seq_bytes.try_into().unwrap_or([0; 8]));
+                    let len = u32::from_be_bytes(len_bytes.try_into().unwrap_or([0; 4])) as usize;
+                    let (bytes, after) = body
+                        .split_at_checked(len)
+                        .ok_or_else(|| damaged(key, "segment frame cut short"))?;
+                    records.push((seq, bytes.to_vec()));
+                    rest = after;
+                }
+                Ok(records)
+            }
+            _ => Err(damaged(key, "not an audit record key")),
+        }
+    }
+
+    /// A value in the older layout: `records` packed as one segment.
+    #[cfg(test)]
+    pub fn segment(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut value = Vec::new();
+        for (seq, bytes) in records {
+            value.extend_from_slice(&seq.to_be_bytes());
+            value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            value.extend_from_slice(bytes);
+        }
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::store::Store;
 
     fn records(range: std::ops::RangeInclusive<u64>, size: usize) -> Vec<(u64, Vec<u8>)> {
         range.map(|seq| (seq, vec![seq as u8; size])).collect()
+    }
+
+    fn read_all(audit: &AuditFiles) -> Records {
+        audit.records().map(|r| r.expect("read")).collect()
+    }
+
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(path).expect("open");
+        file.write_all(bytes).expect("write");
     }
 
     #[test]
@@ -394,56 +766,116 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         let audit = store.audit();
         assert_eq!(audit.count().expect("count"), 0);
+        assert!(audit.is_empty());
         audit.append(&records(1..=5, 1), b"head").expect("append");
         assert_eq!(audit.count().expect("count"), 5);
         assert_eq!(audit.prune(2, b"anchor").expect("prune"), 2);
         assert_eq!(audit.count().expect("count"), 3);
         assert_eq!(audit.count().expect("count"), audit.len() as u64);
+        assert_eq!(
+            audit.anchor().expect("anchor").as_deref(),
+            Some(&b"anchor"[..])
+        );
         assert_eq!(audit.prune(5, b"anchor").expect("prune"), 3);
         assert_eq!(audit.count().expect("count"), 0);
         assert!(audit.is_empty());
     }
 
     #[test]
-    fn big_appends_span_segments_and_read_back_in_order() {
+    fn files_close_at_the_record_limit_and_read_back_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         let audit = store.audit();
-        // 100 records of 2 KB: more than three segments.
-        let written = records(1..=100, 2000);
-        audit.append(&written, b"head").expect("append");
-        audit
-            .append(&records(101..=103, 10), b"head2")
-            .expect("append");
-        let read: Vec<(u64, Vec<u8>)> = audit.records().map(|r| r.expect("read")).collect();
-        assert_eq!(read.len(), 103);
-        assert_eq!(read[..100], written[..]);
-        assert_eq!(audit.count().expect("count"), 103);
-        assert_eq!(audit.last().expect("last").map(|(s, _)| s), Some(103));
-        let oldest = audit.oldest_segments().next().expect("a segment");
-        let oldest = oldest.expect("oldest");
-        assert!(oldest.records < 100);
-        assert_eq!(oldest.last, written[oldest.records - 1]);
-        assert_eq!(audit.head().expect("head").as_deref(), Some(&b"head2"[..]));
+        let written = records(1..=25, 100);
+        audit.write(&written[..12], 10).expect("write");
+        audit.write(&written[12..], 10).expect("write");
+        audit.set_head(b"head").expect("head");
+        let firsts: Vec<u64> = audit
+            .files()
+            .expect("files")
+            .iter()
+            .map(|f| f.first)
+            .collect();
+        assert_eq!(firsts, [1, 11, 21]);
+        assert_eq!(read_all(&audit), written);
+        assert_eq!(audit.count().expect("count"), 25);
+        assert_eq!(audit.first_seq().expect("first"), Some(1));
+        assert_eq!(audit.last().expect("last").map(|(s, _)| s), Some(25));
+        assert_eq!(audit.head().expect("head").as_deref(), Some(&b"head"[..]));
+
+        // Whole files within the cut go unread; the file it falls in is rewritten.
+        assert_eq!(audit.prune(10, b"a").expect("prune"), 10);
+        assert_eq!(audit.prune(13, b"a").expect("prune"), 3);
+        let firsts: Vec<u64> = audit
+            .files()
+            .expect("files")
+            .iter()
+            .map(|f| f.first)
+            .collect();
+        assert_eq!(firsts, [14, 21]);
+        assert_eq!(read_all(&audit), written[13..]);
     }
 
     #[test]
-    fn older_one_record_keys_read_before_segments() {
+    fn a_torn_last_record_is_the_end_and_is_cut_off_on_repair() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         let audit = store.audit();
-        for seq in 1..=2u64 {
-            audit
-                .tree
-                .insert(super::key(super::SINGLE, seq), vec![seq as u8])
-                .expect("legacy");
-        }
-        audit.append(&records(3..=4, 1), b"head").expect("append");
-        let seqs: Vec<u64> = audit.records().map(|r| r.expect("read").0).collect();
-        assert_eq!(seqs, [1, 2, 3, 4]);
-        assert_eq!(audit.count().expect("count"), 4);
-        assert_eq!(audit.prune(3, b"anchor").expect("prune"), 3);
-        assert_eq!(audit.count().expect("count"), 1);
+        audit.append(&records(1..=3, 50), b"head").expect("append");
+        let path = audit.file_path(1);
+        let whole = fs::metadata(&path).expect("size").len();
+
+        // A write cut short: part of a frame.
+        let mut frame = Vec::new();
+        push_frame(&mut frame, 4, &[4; 50]);
+        append_raw(&path, &frame[..30]);
+        assert_eq!(read_all(&audit), records(1..=3, 50));
+        assert_eq!(audit.repair_tail().expect("repair"), 30);
+        assert_eq!(fs::metadata(&path).expect("size").len(), whole);
+
+        // A write lost in a power cut: zeros where the frame should be.
+        append_raw(&path, &[0; 64]);
+        assert!(audit.records().any(|r| r.is_err()), "zeros are not records");
+        assert_eq!(audit.repair_tail().expect("repair"), 64);
+        assert_eq!(read_all(&audit), records(1..=3, 50));
+
+        // The trail goes on after a repair.
+        audit.append(&records(4..=4, 50), b"head").expect("append");
+        assert_eq!(read_all(&audit), records(1..=4, 50));
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_is_damage_and_is_not_repaired_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let audit = store.audit();
+        audit.append(&records(1..=3, 50), b"head").expect("append");
+        let path = audit.file_path(1);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[FRAME_HEADER + 50 + FRAME_HEADER + 10] ^= 0xff; // inside record 2
+        fs::write(&path, &bytes).expect("write");
+        let results: Vec<_> = audit.records().collect();
+        assert!(
+            matches!(results.as_slice(), [Ok(_), Err(StoreError::Decode { key, detail })]
+                if key.contains("00000000000000000001.log") && detail.contains("checksum")),
+            "{results:?}"
+        );
+        assert_eq!(audit.repair_tail().expect("repair"), 0);
+        assert_eq!(fs::read(&path).expect("read"), bytes, "evidence is kept");
+    }
+
+    #[test]
+    fn a_cut_short_older_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let audit = store.audit();
+        audit.tamper_raw(1, &[0, 0, 0]).expect("insert");
+        audit.write(&records(5..=6, 1), 1).expect("write");
+        let results: Vec<_> = audit.records().collect();
+        assert!(
+            matches!(results.as_slice(), [Err(_), Ok(_), Ok(_)]),
+            "{results:?}"
+        );
     }
 
     #[test]
@@ -454,27 +886,63 @@ mod tests {
         audit.append(&records(1..=4, 1), b"head").expect("append");
         audit.tamper(2, Some(b"edited".to_vec())).expect("edit");
         audit.tamper(3, None).expect("remove");
-        let read: Vec<(u64, Vec<u8>)> = audit.records().map(|r| r.expect("read")).collect();
         assert_eq!(
-            read,
+            read_all(&audit),
             vec![(1, vec![1]), (2, b"edited".to_vec()), (4, vec![4])]
         );
         audit.tamper(3, Some(vec![3])).expect("restore");
         audit.tamper(2, Some(vec![2])).expect("restore");
-        let read: Vec<(u64, Vec<u8>)> = audit.records().map(|r| r.expect("read")).collect();
-        assert_eq!(read, records(1..=4, 1));
-        // Past the end: a new segment.
+        assert_eq!(read_all(&audit), records(1..=4, 1));
         audit.tamper(9, Some(vec![9])).expect("insert");
         assert_eq!(audit.last().expect("last"), Some((9, vec![9])));
     }
 
+    fn legacy_tree(records: &[(u64, Vec<u8>)]) -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree(LEGACY_TREE).expect("tree");
+        let (single, segment) = records.split_at(1);
+        let (seq, bytes) = &single[0];
+        tree.insert(legacy::key(legacy::SINGLE, *seq), bytes.clone())
+            .expect("insert");
+        for chunk in segment.chunks(3) {
+            let last = chunk.last().map_or(0, |(s, _)| *s);
+            tree.insert(legacy::key(legacy::SEGMENT, last), legacy::segment(chunk))
+                .expect("insert");
+        }
+        tree.insert(legacy::ANCHOR, &b"anchor"[..]).expect("anchor");
+        tree.insert(legacy::HEAD, &b"head"[..]).expect("head");
+        tree
+    }
+
     #[test]
-    fn a_cut_short_segment_is_an_error_not_a_panic() {
+    fn an_older_sled_trail_moves_to_files_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        let audit = store.audit();
-        audit.tamper_raw(7, &[0, 0, 0]).expect("insert");
-        let results: Vec<_> = audit.records().collect();
-        assert!(matches!(results.as_slice(), [Err(_)]), "{results:?}");
+        let trail_dir = dir.path().join(AUDIT_DIR);
+        let written = records(3..=10, 20);
+        let tree = legacy_tree(&written);
+        // A migration cut short left a half-written directory aside: it starts over.
+        fs::create_dir_all(trail_dir.with_extension("migrating")).expect("aside");
+        fs::write(trail_dir.with_extension("migrating").join("junk.log"), b"x").expect("junk");
+
+        assert_eq!(migrate_legacy(&tree, &trail_dir).expect("migrate"), 8);
+        assert!(
+            tree.is_empty(),
+            "the tree is cleared once the files are in place"
+        );
+        assert!(!trail_dir.with_extension("migrating").exists());
+        let audit = AuditFiles { dir: &trail_dir };
+        assert_eq!(read_all(&audit), written);
+        assert_eq!(
+            audit.anchor().expect("anchor").as_deref(),
+            Some(&b"anchor"[..])
+        );
+        assert_eq!(audit.head().expect("head").as_deref(), Some(&b"head"[..]));
+        assert_eq!(migrate_legacy(&tree, &trail_dir).expect("again"), 0);
+
+        // Renamed into place but the tree not cleared: only the clearing is left to do.
+        let tree = legacy_tree(&written);
+        assert_eq!(migrate_legacy(&tree, &trail_dir).expect("finish"), 0);
+        assert!(tree.is_empty());
+        assert_eq!(read_all(&audit), written);
     }
 }
