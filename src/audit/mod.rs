@@ -103,7 +103,7 @@ pub struct AuditRecord {
 
 /// What retention reads of a stored record: its time and hash, parsed without building
 /// the rest of the record.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RecordStamp {
     pub time: String,
     pub hash: String,

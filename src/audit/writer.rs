@@ -14,6 +14,7 @@
 //! middle. A torn last record and a pruning cut short are repaired when the writer starts.
 //! At shutdown [`AuditWriter::close`] drains the queue and syncs.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tokio::sync::oneshot;
 use super::query::age;
 use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, RecordStamp, AUDIT_SCHEMA};
 use crate::config::AuditConfig;
-use crate::store::Store;
+use crate::store::{LogFile, Store, StoreError};
 
 /// Records appended per round at most; more wait for the next round.
 const BATCH: usize = 4096;
@@ -180,6 +181,11 @@ struct State {
     count: Arc<AtomicU64>,
     /// The last sequence number the on-disk head points at.
     synced_head: u64,
+    /// The newest record's time and hash (`None` until this writer appends).
+    last_stamp: Option<RecordStamp>,
+    /// The last record of each file this writer closed, by sequence number: what
+    /// retention needs of a file it deletes, without reading it back.
+    file_ends: BTreeMap<u64, RecordStamp>,
     last_head_sync: Instant,
     max_records: u64,
     max_age: Option<Duration>,
@@ -216,6 +222,8 @@ impl State {
         Ok(Self {
             store,
             synced_head: point.seq,
+            last_stamp: None,
+            file_ends: BTreeMap::new(),
             head: point,
             previous,
             count,
@@ -226,7 +234,10 @@ impl State {
                 bodies: config.bodies,
                 max_body_bytes: config.max_body_bytes,
             },
-            last_retention: Instant::now(),
+            // Due at once: the first round also applies `max_age`.
+            last_retention: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
             unfinished_pruning: false,
         })
     }
@@ -335,7 +346,7 @@ impl State {
                 if !late.is_empty() {
                     self.append(late);
                 }
-                self.retain(false);
+                self.retain(true);
                 self.sync_head(true);
                 let _ = ack.send(());
                 break;
@@ -347,19 +358,39 @@ impl State {
         let mut previous = self.previous;
         let mut seq = self.head.seq;
         let mut batch = Vec::with_capacity(events.len());
+        let mut stamps = Vec::with_capacity(events.len());
         for event in events {
             seq += 1;
             let mut record = self.record(seq, event);
             let (digest, bytes) = record.seal_to_bytes(&previous);
             previous = digest;
             batch.push((seq, bytes));
+            stamps.push((std::mem::take(&mut record.time), digest));
         }
         let head = ChainPoint {
             seq,
             hash: hex(&previous),
         };
+        let first = self.head.seq + 1;
         match self.store.audit().write(&batch, self.records_per_file()) {
-            Ok(()) => {
+            Ok(closed) => {
+                // Remember how each closed file ends, so retention need not read it back.
+                for last in closed {
+                    let end = match last.checked_sub(first) {
+                        None => self.last_stamp.clone(),
+                        Some(at) => stamps.get(at as usize).map(|(time, digest)| RecordStamp {
+                            time: time.clone(),
+                            hash: hex(digest),
+                        }),
+                    };
+                    if let Some(end) = end {
+                        self.file_ends.insert(last, end);
+                    }
+                }
+                self.last_stamp = stamps.pop().map(|(time, digest)| RecordStamp {
+                    time,
+                    hash: hex(&digest),
+                });
                 self.count.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.head = head;
                 self.previous = previous;
@@ -367,6 +398,8 @@ impl State {
             // A prefix of the round may be in place, perhaps ending in a torn record: the
             // chain continues from the last whole record that was written.
             Err(error) => {
+                self.last_stamp = None;
+                self.file_ends.clear();
                 if let Err(error) = self.store.audit().repair_tail() {
                     tracing::error!(%error, "the end of the audit trail cannot be repaired");
                 }
@@ -390,6 +423,39 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The sequence number, time and hash of file `i`'s last record: remembered if this
+    /// writer closed the file, read back otherwise.
+    fn file_end(
+        &self,
+        files: &[LogFile],
+        i: usize,
+    ) -> Result<Option<(u64, RecordStamp)>, StoreError> {
+        let last = match files.get(i + 1) {
+            Some(next) => next.first.saturating_sub(1),
+            None => self.head.seq,
+        };
+        let known = match self.file_ends.get(&last) {
+            Some(end) => Some(end.clone()),
+            None if last == self.head.seq => self.last_stamp.clone(),
+            None => None,
+        };
+        if let Some(end) = known {
+            return Ok(Some((last, end)));
+        }
+        let Some(file) = files.get(i) else {
+            return Ok(None);
+        };
+        let records = self
+            .store
+            .audit()
+            .file_records(file, i + 1 == files.len())?;
+        Ok(records.last().and_then(|(seq, bytes)| {
+            RecordStamp::from_bytes(bytes)
+                .ok()
+                .map(|stamp| (*seq, stamp))
+        }))
     }
 
     fn records_per_file(&self) -> u64 {
@@ -487,7 +553,7 @@ impl State {
         // names alone) or their newest record is too old; the newest record of the last
         // one to go becomes the anchor.
         let limit = files.len().min(PRUNE_FILES);
-        let mut anchor_record: Option<(u64, Vec<u8>)> = None;
+        let mut anchor = None;
         for (i, file) in files.iter().enumerate().take(limit) {
             let records = match files.get(i + 1) {
                 Some(next) => next.first.saturating_sub(file.first),
@@ -499,44 +565,39 @@ impl State {
             }
             let next_goes_too =
                 over && i + 1 < limit && left.saturating_sub(records) > self.max_records;
-            let newest = if next_goes_too {
+            let end = if next_goes_too {
                 None
             } else {
-                match trail.file_records(file, i + 1 == files.len()) {
-                    Ok(mut records) => records.pop(),
+                match self.file_end(&files, i) {
+                    Ok(end) => end,
                     Err(error) => {
                         tracing::error!(%error, "audit retention cannot read the oldest records");
                         break;
                     }
                 }
             };
-            // A record that does not parse stays for `audit verify` to report.
-            let too_old = |bytes: &[u8]| {
-                RecordStamp::from_bytes(bytes).is_ok_and(|stamp| {
-                    self.max_age
-                        .is_some_and(|max| age(&stamp.time, now).is_some_and(|a| a > max))
-                })
+            let too_old = |stamp: &RecordStamp| {
+                self.max_age
+                    .is_some_and(|max| age(&stamp.time, now).is_some_and(|a| a > max))
             };
-            if !over && !newest.as_ref().is_some_and(|(_, bytes)| too_old(bytes)) {
+            if !over && !end.as_ref().is_some_and(|(_, stamp)| too_old(stamp)) {
                 break;
             }
             left = left.saturating_sub(records);
-            anchor_record = newest;
+            anchor = end.map(|(seq, stamp)| ChainPoint {
+                seq,
+                hash: stamp.hash,
+            });
         }
-        let Some((seq, bytes)) = anchor_record else {
+        // `None` also when the last file to go ends in a record that does not parse: it
+        // stays for `audit verify` to report.
+        let Some(anchor) = anchor else {
             return;
-        };
-        let Ok(stamp) = RecordStamp::from_bytes(&bytes) else {
-            tracing::error!(seq, "audit retention stops at a record that does not parse; run `graphvcr audit verify`");
-            return;
-        };
-        let anchor = ChainPoint {
-            seq,
-            hash: stamp.hash,
         };
         match trail.prune(anchor.seq, &anchor.to_bytes()) {
             Ok(removed) => {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
+                self.file_ends = self.file_ends.split_off(&(anchor.seq + 1));
                 tracing::debug!(through = anchor.seq, removed, "audit records pruned");
             }
             // Cut short: the anchor may have moved with records at or before it left;
@@ -658,5 +719,60 @@ pub(crate) mod tests {
         assert_eq!(verification.last, Some(3));
         let head = ChainPoint::read(store.audit().head().expect("head"), "head").expect("parse");
         assert_eq!(head.map(|h| h.seq), Some(3));
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_whole_files_by_count_and_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let settings = AuditConfig {
+            max_age: Some(Duration::from_secs(3600)),
+            ..config(40)
+        };
+        // 40 records at most: two to a file.
+        let (log, writer) = AuditLog::start(store.clone(), &settings).expect("start");
+        for _ in 0..100 {
+            log.send(event(200));
+            log.sync().await;
+        }
+        let kept = log.records();
+        assert!((39..=40).contains(&kept), "{kept} records kept");
+        let verification = super::super::verify(&store).expect("verify");
+        assert!(verification.intact, "{}", verification.message);
+        assert_eq!(verification.last, Some(100));
+        assert_eq!(verification.anchor.map(|a| a.seq), Some(100 - kept));
+
+        // Two hours old, then fresh: at close the old files go, by age this time. The
+        // anchor comes from what the writer remembers of the files it closed.
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for _ in 0..30 {
+            log.send(AuditEvent {
+                started: old,
+                ..event(500)
+            });
+        }
+        for _ in 0..10 {
+            log.send(event(201));
+        }
+        writer.close().await;
+        let statuses: Vec<u16> = super::super::query(&store, &Default::default())
+            .expect("query")
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, [201; 10]);
+        let verification = super::super::verify(&store).expect("verify");
+        assert!(verification.intact, "{}", verification.message);
+        assert_eq!(verification.anchor.map(|a| a.seq), Some(130));
+
+        // A new writer reads the ends of files it did not close: of 11 records in files
+        // of two (the new one alone), whole files go until at most 4 are left.
+        let (log, writer) = AuditLog::start(store.clone(), &config(4)).expect("restart");
+        log.send(event(202));
+        writer.close().await;
+        let verification = super::super::verify(&store).expect("verify");
+        assert!(verification.intact, "{}", verification.message);
+        assert_eq!((verification.records, verification.last), (3, Some(141)));
+        assert_eq!(log.records(), 3);
     }
 }

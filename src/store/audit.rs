@@ -238,16 +238,18 @@ impl AuditFiles<'_> {
     }
 
     /// Appends records (in sequence order) to the newest file, starting a new file when
-    /// it reaches [`FILE_BYTES`] or `records_per_file`. Not synced: [`Self::set_head`]
-    /// syncs before it moves the head. On an error a prefix of the records may be in
-    /// place, possibly ending in a torn frame ([`Self::repair_tail`] cuts it off).
+    /// it reaches [`FILE_BYTES`] or `records_per_file`; returns the last sequence number
+    /// of each file it closed. Not synced: [`Self::set_head`] syncs before it moves the
+    /// head. On an error a prefix of the records may be in place, possibly ending in a
+    /// torn frame ([`Self::repair_tail`] cuts it off).
     pub fn write(
         &self,
         records: &[(u64, Vec<u8>)],
         records_per_file: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut closed = Vec::new();
         let Some((first_seq, _)) = records.first() else {
-            return Ok(());
+            return Ok(closed);
         };
         fs::create_dir_all(self.dir).map_err(|e| io("cannot create", self.dir, e))?;
         let mut current = match self.files()?.pop() {
@@ -279,6 +281,7 @@ impl AuditFiles<'_> {
             });
             if full {
                 if let Some(mut file) = current.take() {
+                    closed.push(seq.saturating_sub(1));
                     file.write(&mut buffer)?;
                     // Only the newest file may end torn: the one before is synced first.
                     file.handle
@@ -307,7 +310,7 @@ impl AuditFiles<'_> {
         if let Some(mut file) = current {
             file.write(&mut buffer)?;
         }
-        Ok(())
+        Ok(closed)
     }
 
     /// Syncs the newest file, then records `head` as the chain's end: the head is never
@@ -507,16 +510,19 @@ impl AuditFiles<'_> {
                 remove(&file.path)?;
                 continue;
             }
+            if file.first > through {
+                break;
+            }
             let records = self.read_checked(file, next_first.is_none())?;
-            let keep: Vec<(u64, Vec<u8>)> = records
-                .iter()
+            let total = records.len();
+            let keep: Records = records
+                .into_iter()
                 .filter(|(seq, _)| *seq > through)
-                .cloned()
                 .collect();
-            removed += records.len() - keep.len();
+            removed += total - keep.len();
             if keep.is_empty() {
                 remove(&file.path)?;
-            } else if keep.len() < records.len() {
+            } else if keep.len() < total {
                 self.rewrite(file, &keep)?;
             }
             break;
@@ -529,12 +535,8 @@ impl AuditFiles<'_> {
         let Some((first, _)) = records.first() else {
             return remove(&file.path);
         };
-        let mut bytes = Vec::new();
-        for (seq, record) in records {
-            push_frame(&mut bytes, *seq, record);
-        }
         let name = file_name(*first);
-        self.replace(&name, &bytes, true)?;
+        self.replace(&name, &frame_bytes(records), true)?;
         if self.path(&name) != file.path {
             remove(&file.path)?;
         }
