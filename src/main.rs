@@ -66,15 +66,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Lines queued for the log writer at most: about 4 MiB of text.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
 /// Logs go to stderr through a writer thread: formatting stays on the request path, the
 /// `write` does not, and lines are buffered rather than written one syscall each. The
 /// writer is not lossy: when its queue is full, logging waits. The guard writes out what
 /// is queued when dropped.
+///
+/// The queue holds [`LOG_QUEUE_LINES`] lines, not tracing-appender's default 128,000:
+/// a slow stderr (a terminal, a pipe nobody reads fast enough) then costs a few MiB
+/// while requests wait for the writer, not ~40 MiB of queued lines.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("graphvcr-log")
         // Buffered: the writer thread flushes after each run of queued lines, so lines that
         // queue up together share a syscall and an idle proxy still shows each at once.

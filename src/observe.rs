@@ -108,7 +108,7 @@ impl Observers {
         self.audit.as_ref().is_some_and(AuditLog::keeps_bodies)
     }
 
-    pub fn exchange(&self, e: Exchange<'_>) {
+    pub async fn exchange(&self, e: Exchange<'_>) {
         let outcome = audit_outcome(e.outcome);
         let status = e.response.status().as_u16();
         self.metrics.exchange(
@@ -132,38 +132,40 @@ impl Observers {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        audit.send(AuditEvent {
-            started: e.started,
-            mode: e.trace.mode.as_str().to_owned(),
-            cassette: e.trace.cassette,
-            client: e.peer.to_string(),
-            method: e.request.method.clone(),
-            host: e.request.host.clone(),
-            uri: e.request.uri.clone(),
-            http_version: e.request.http_version.clone(),
-            request_bytes: e.trace.request_bytes,
-            response_bytes: e.response.body().size_hint().exact().unwrap_or(0),
-            status,
-            outcome,
-            latency: e.latency,
-            upstream: e.upstream_latency,
-            interaction: e.interaction,
-            request_id: text(graph::REQUEST_ID),
-            // The client's own id correlates with its logs; on replay the response's
-            // header is the recording's.
-            client_request_id: e
-                .request
-                .client_request_id
-                .clone()
-                .or_else(|| text(graph::CLIENT_REQUEST_ID)),
-            request_content_type: e.request.content_type.clone(),
-            request_body: e.trace.request_body,
-            notes: e.trace.notes,
-            response_body: e.response_body.map(|body| {
-                let content_type = text(header::CONTENT_TYPE.as_str());
-                self.redactor.body(content_type.as_deref(), &body)
-            }),
-            response_content_type: text(header::CONTENT_TYPE.as_str()),
-        });
+        audit
+            .send(AuditEvent {
+                started: e.started,
+                mode: e.trace.mode.as_str().to_owned(),
+                cassette: e.trace.cassette,
+                client: e.peer.to_string(),
+                method: e.request.method.clone(),
+                host: e.request.host.clone(),
+                uri: e.request.uri.clone(),
+                http_version: e.request.http_version.clone(),
+                request_bytes: e.trace.request_bytes,
+                response_bytes: e.response.body().size_hint().exact().unwrap_or(0),
+                status,
+                outcome,
+                latency: e.latency,
+                upstream: e.upstream_latency,
+                interaction: e.interaction,
+                request_id: text(graph::REQUEST_ID),
+                // The client's own id correlates with its logs; on replay the response's
+                // header is the recording's.
+                client_request_id: e
+                    .request
+                    .client_request_id
+                    .clone()
+                    .or_else(|| text(graph::CLIENT_REQUEST_ID)),
+                request_content_type: e.request.content_type.clone(),
+                request_body: e.trace.request_body,
+                notes: e.trace.notes,
+                response_body: e.response_body.map(|body| {
+                    let content_type = text(header::CONTENT_TYPE.as_str());
+                    self.redactor.body(content_type.as_deref(), &body)
+                }),
+                response_content_type: text(header::CONTENT_TYPE.as_str()),
+            })
+            .await;
     }
 }

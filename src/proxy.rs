@@ -301,18 +301,20 @@ impl Proxy {
             }
         }
         if let (Some(observers), Some(facts)) = (observers, &facts) {
-            observers.exchange(Exchange {
-                started: started_at,
-                latency: started.elapsed(),
-                peer,
-                request: facts,
-                trace,
-                outcome,
-                upstream_latency,
-                interaction,
-                response: &response,
-                response_body,
-            });
+            observers
+                .exchange(Exchange {
+                    started: started_at,
+                    latency: started.elapsed(),
+                    peer,
+                    request: facts,
+                    trace,
+                    outcome,
+                    upstream_latency,
+                    interaction,
+                    response: &response,
+                    response_body,
+                })
+                .await;
         }
         response
     }
@@ -388,18 +390,20 @@ impl Proxy {
         };
         if let (Some(observers), Some(facts)) = (self.shared.observers.get(), &facts) {
             let cassette = self.defaults().cassette;
-            observers.exchange(Exchange {
-                started: started_at,
-                latency: started.elapsed(),
-                peer,
-                request: facts,
-                trace: Trace::new(Mode::Passthrough, &cassette, &HeaderMap::new()),
-                outcome,
-                upstream_latency: None,
-                interaction: None,
-                response: &response,
-                response_body: None,
-            });
+            observers
+                .exchange(Exchange {
+                    started: started_at,
+                    latency: started.elapsed(),
+                    peer,
+                    request: facts,
+                    trace: Trace::new(Mode::Passthrough, &cassette, &HeaderMap::new()),
+                    outcome,
+                    upstream_latency: None,
+                    interaction: None,
+                    response: &response,
+                    response_body: None,
+                })
+                .await;
         }
         response
     }
