@@ -118,11 +118,19 @@ pub struct AuditWriter {
 impl AuditLog {
     /// Starts the writer thread, continuing the chain already in `store`.
     pub fn start(store: Store, config: &AuditConfig) -> Result<(Self, AuditWriter), AuditError> {
+        Self::start_with_queue(store, config, QUEUE)
+    }
+
+    fn start_with_queue(
+        store: Store,
+        config: &AuditConfig,
+        queue: usize,
+    ) -> Result<(Self, AuditWriter), AuditError> {
         let state = State::load(store, config)?;
         let records = state.count.clone();
         // Events are bounded by `room`; the extra slots are for `Sync` and `Close`.
-        let (sender, receiver) = mpsc::sync_channel(QUEUE + CONTROL_SLOTS);
-        let room = Arc::new(Semaphore::new(QUEUE));
+        let (sender, receiver) = mpsc::sync_channel(queue + CONTROL_SLOTS);
+        let room = Arc::new(Semaphore::new(queue));
         let writer_room = RoomGuard(room.clone());
         let thread = std::thread::Builder::new()
             .name("graphvcr-audit".to_owned())
@@ -806,5 +814,37 @@ pub(crate) mod tests {
         assert!(verification.intact, "{}", verification.message);
         assert_eq!((verification.records, verification.last), (3, Some(141)));
         assert_eq!(log.records(), 3);
+    }
+
+    #[tokio::test]
+    async fn senders_beyond_the_queue_wait_as_tasks_and_every_record_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        // Room for 2: most of the 200 senders find the queue full and wait for room.
+        let (log, writer) =
+            AuditLog::start_with_queue(store.clone(), &config(0), 2).expect("start");
+        let senders: Vec<_> = (0..200)
+            .map(|_| {
+                let log = log.clone();
+                tokio::spawn(async move { log.send(event(200)).await })
+            })
+            .collect();
+        for sender in senders {
+            tokio::time::timeout(Duration::from_secs(30), sender)
+                .await
+                .expect("a sender waited for room that never came")
+                .expect("sender task");
+        }
+        writer.close().await;
+        assert_eq!(log.records(), 200);
+        let verification = super::super::verify(&store).expect("verify");
+        assert!(verification.intact, "{}", verification.message);
+        assert_eq!(verification.records, 200);
+
+        // Once the writer is gone, a late exchange is not kept and does not wait.
+        tokio::time::timeout(Duration::from_secs(30), log.send(event(200)))
+            .await
+            .expect("a send after close returns");
+        assert_eq!(log.records(), 200);
     }
 }
