@@ -644,9 +644,9 @@ impl Store {
         Ok(Some(removed))
     }
 
-    /// Total bytes sled reports on disk.
+    /// Total bytes on disk: what sled reports, plus the audit trail's files.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0) + self.audit().size_on_disk()
     }
 
     /// Final flush and owner-file removal at shutdown.
