@@ -899,6 +899,43 @@ mod tests {
         assert_eq!(audit.last().expect("last"), Some((9, vec![9])));
     }
 
+    #[test]
+    fn any_bytes_scan_without_a_panic_and_never_past_the_end() {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut valid = Vec::new();
+        for (seq, bytes) in records(1..=5, 40) {
+            push_frame(&mut valid, seq, &bytes);
+        }
+        for round in 0..5000 {
+            let mut data = valid.clone();
+            match round % 3 {
+                // Cut anywhere.
+                0 => data.truncate(rng.next_u32() as usize % (valid.len() + 1)),
+                // One byte changed anywhere.
+                1 => {
+                    let at = rng.next_u32() as usize % data.len();
+                    data[at] ^= 1 << (rng.next_u32() % 8);
+                }
+                // Noise.
+                _ => {
+                    data = vec![0; rng.next_u32() as usize % 200];
+                    rng.fill_bytes(&mut data);
+                }
+            }
+            let scan = scan(&data);
+            assert!(scan.valid <= data.len());
+            assert_eq!(scan.stop.is_none(), scan.valid == data.len());
+            for (seq, range) in &scan.records {
+                assert!(range.end <= scan.valid);
+                if round % 3 != 2 {
+                    // A record that reads back is one that was written, unchanged.
+                    assert_eq!(data[range.clone()], vec![*seq as u8; 40][..]);
+                }
+            }
+        }
+    }
+
     fn legacy_tree(records: &[(u64, Vec<u8>)]) -> sled::Tree {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree(LEGACY_TREE).expect("tree");
