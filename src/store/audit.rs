@@ -753,6 +753,13 @@ mod tests {
         range.map(|seq| (seq, vec![seq as u8; size])).collect()
     }
 
+    /// A store in a fresh directory (kept as long as the returned guard).
+    fn opened() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        (dir, store)
+    }
+
     fn read_all(audit: &AuditFiles) -> Records {
         audit.records().map(|r| r.expect("read")).collect()
     }
@@ -764,8 +771,7 @@ mod tests {
 
     #[test]
     fn count_follows_appends_and_pruning_without_a_scan() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         assert_eq!(audit.count().expect("count"), 0);
         assert!(audit.is_empty());
@@ -785,8 +791,7 @@ mod tests {
 
     #[test]
     fn files_close_at_the_record_limit_and_read_back_in_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         let written = records(1..=25, 100);
         audit.write(&written[..12], 10).expect("write");
@@ -820,8 +825,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_record_is_the_end_and_is_cut_off_on_repair() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         audit.append(&records(1..=3, 50), b"head").expect("append");
         let path = audit.file_path(1);
@@ -848,8 +852,7 @@ mod tests {
 
     #[test]
     fn an_edit_in_the_middle_is_damage_and_is_not_repaired_away() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         audit.append(&records(1..=3, 50), b"head").expect("append");
         let path = audit.file_path(1);
@@ -868,8 +871,7 @@ mod tests {
 
     #[test]
     fn a_cut_short_older_file_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         audit.tamper_raw(1, &[0, 0, 0]).expect("insert");
         audit.write(&records(5..=6, 1), 1).expect("write");
@@ -882,8 +884,7 @@ mod tests {
 
     #[test]
     fn tampering_edits_removes_and_restores_one_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = opened();
         let audit = store.audit();
         audit.append(&records(1..=4, 1), b"head").expect("append");
         audit.tamper(2, Some(b"edited".to_vec())).expect("edit");
