@@ -760,6 +760,15 @@ mod tests {
         (dir, store)
     }
 
+    fn firsts(audit: &AuditFiles) -> Vec<u64> {
+        audit
+            .files()
+            .expect("files")
+            .iter()
+            .map(|f| f.first)
+            .collect()
+    }
+
     fn read_all(audit: &AuditFiles) -> Records {
         audit.records().map(|r| r.expect("read")).collect()
     }
@@ -797,13 +806,7 @@ mod tests {
         audit.write(&written[..12], 10).expect("write");
         audit.write(&written[12..], 10).expect("write");
         audit.set_head(b"head").expect("head");
-        let firsts: Vec<u64> = audit
-            .files()
-            .expect("files")
-            .iter()
-            .map(|f| f.first)
-            .collect();
-        assert_eq!(firsts, [1, 11, 21]);
+        assert_eq!(firsts(&audit), [1, 11, 21]);
         assert_eq!(read_all(&audit), written);
         assert_eq!(audit.count().expect("count"), 25);
         assert_eq!(audit.first_seq().expect("first"), Some(1));
@@ -813,13 +816,7 @@ mod tests {
         // Whole files within the cut go unread; the file it falls in is rewritten.
         assert_eq!(audit.prune(10, b"a").expect("prune"), 10);
         assert_eq!(audit.prune(13, b"a").expect("prune"), 3);
-        let firsts: Vec<u64> = audit
-            .files()
-            .expect("files")
-            .iter()
-            .map(|f| f.first)
-            .collect();
-        assert_eq!(firsts, [14, 21]);
+        assert_eq!(firsts(&audit), [14, 21]);
         assert_eq!(read_all(&audit), written[13..]);
     }
 
