@@ -138,8 +138,6 @@ impl LogFile {
 struct FileRecords {
     records: Records,
     stop: Option<Stop>,
-    valid: usize,
-    len: usize,
 }
 
 /// The audit trail's files; see the module documentation.
@@ -205,8 +203,6 @@ impl AuditFiles<'_> {
         Ok(Some(FileRecords {
             records,
             stop: scan.stop,
-            valid: scan.valid,
-            len: data.len(),
         }))
     }
 
@@ -369,13 +365,16 @@ impl AuditFiles<'_> {
         let Some(newest) = self.files()?.pop() else {
             return Ok(0);
         };
-        let Some(read) = self.read(&newest)? else {
-            return Ok(0);
+        let data = match fs::read(&newest.path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io("cannot read", &newest.path, e)),
         };
+        let scan = scan(&data);
         // A torn tail is the last frame only: a bad frame followed by good ones is damage.
-        let torn = match read.stop {
+        let torn = match scan.stop {
             Some(Stop::CutShort) => true,
-            Some(Stop::Checksum) => self.torn_at(&newest, read.valid)?,
+            Some(Stop::Checksum) => is_torn_tail(data.get(scan.valid..).unwrap_or(&[])),
             None => false,
         };
         if !torn {
@@ -385,25 +384,10 @@ impl AuditFiles<'_> {
             .write(true)
             .open(&newest.path)
             .map_err(|e| io("cannot open", &newest.path, e))?;
-        file.set_len(read.valid as u64)
+        file.set_len(scan.valid as u64)
             .and_then(|()| file.sync_data())
             .map_err(|e| io("cannot truncate", &newest.path, e))?;
-        Ok(read.len - read.valid)
-    }
-
-    /// Whether the frame at `at` with a bad checksum is a torn tail: it reaches the end of
-    /// the file, or only zeros follow (what a write lost in a power cut leaves), as
-    /// opposed to an edit in the middle.
-    fn torn_at(&self, file: &LogFile, at: usize) -> Result<bool, StoreError> {
-        let data = fs::read(&file.path).map_err(|e| io("cannot read", &file.path, e))?;
-        let Some(rest) = data.get(at..) else {
-            return Ok(false);
-        };
-        let declared = rest
-            .get(8..12)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map_or(0, |b| u32::from_be_bytes(b) as usize);
-        Ok(FRAME_HEADER + declared >= rest.len() || rest.iter().all(|b| *b == 0))
+        Ok(data.len() - scan.valid)
     }
 
     /// Every record, oldest first, as `(seq, bytes)`.
@@ -580,6 +564,17 @@ impl AuditFiles<'_> {
             self.replace(&holder.name(), &frame_bytes(&records), false)
         }
     }
+}
+
+/// Whether `rest`, starting at a frame with a bad checksum, is a torn tail: the frame
+/// reaches the end of the file, or only zeros follow (what a write lost in a power cut
+/// leaves), as opposed to an edit in the middle.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    let declared = rest
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, |b| u32::from_be_bytes(b) as usize);
+    FRAME_HEADER + declared >= rest.len() || rest.iter().all(|b| *b == 0)
 }
 
 fn frame_bytes(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
