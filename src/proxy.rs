@@ -49,16 +49,22 @@ pub const LEAK_GUARD_HEADER: &str = "x-graphvcr-leak-guard";
 /// Prefix of every header graphvcr owns; none is forwarded or stored.
 pub const CONTROL_PREFIX: &str = "x-graphvcr-";
 
+// Parsed once: every answer carries some of these.
+static OUTCOME: HeaderName = HeaderName::from_static(OUTCOME_HEADER);
+static CASSETTE: HeaderName = HeaderName::from_static(CASSETTE_HEADER);
+static INTERACTION: HeaderName = HeaderName::from_static(INTERACTION_HEADER);
+static EPISODE: HeaderName = HeaderName::from_static(EPISODE_HEADER);
+
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Where an answer came from.
@@ -267,7 +273,7 @@ impl Proxy {
             Ok((served, cassette)) => {
                 let status = served.status;
                 let outcome = served.outcome;
-                let upstream_ms = served.upstream_latency.map(|d| d.as_secs_f64() * 1000.0);
+                let upstream_ms = served.upstream_latency.map(log_ms);
                 upstream_latency = served.upstream_latency;
                 interaction = served.interaction;
                 if keep_bodies {
@@ -276,7 +282,7 @@ impl Proxy {
                 tracing::info!(
                     target: "graphvcr::exchange",
                     %peer, %method, %path, status = status.as_u16(), outcome = outcome.as_str(),
-                    %cassette, latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    %cassette, latency_ms = log_ms(started.elapsed()),
                     upstream_ms, interaction,
                     "exchange"
                 );
@@ -297,7 +303,7 @@ impl Proxy {
             } else {
                 tracing::warn!(target: "graphvcr::exchange", %peer, %method, %path,
                     status = status.as_u16(), outcome = outcome.as_str(), error = %detail,
-                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange");
+                    latency_ms = log_ms(started.elapsed()), "exchange");
             }
         }
         if let (Some(observers), Some(facts)) = (observers, &facts) {
@@ -334,7 +340,7 @@ impl Proxy {
                 .or_else(|| request.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default(),
             uri: sanitized_uri.to_owned(),
-            http_version: format!("{:?}", request.version()),
+            http_version: version_name(request.version()).to_owned(),
             content_type: header(header::CONTENT_TYPE.as_str()),
             client_request_id: header(graph::CLIENT_REQUEST_ID),
         }
@@ -371,7 +377,7 @@ impl Proxy {
                 tracing::info!(
                     target: "graphvcr::exchange",
                     %peer, method = "CONNECT", path = %target.authority(), status = 200u16, outcome,
-                    latency_ms = started.elapsed().as_secs_f64() * 1000.0, "exchange"
+                    latency_ms = log_ms(started.elapsed()), "exchange"
                 );
                 if target.intercepted {
                     return response;
@@ -844,13 +850,16 @@ impl Proxy {
         *response.headers_mut() = served.headers;
         if self.shared.config.provenance_headers {
             let headers = response.headers_mut();
-            set(headers, OUTCOME_HEADER, served.outcome.as_str());
-            set(headers, crate::proxy::CASSETTE_HEADER, cassette);
+            headers.insert(
+                OUTCOME.clone(),
+                HeaderValue::from_static(served.outcome.as_str()),
+            );
+            set(headers, CASSETTE.clone(), cassette);
             if let Some(id) = served.interaction {
-                set(headers, INTERACTION_HEADER, &id.to_string());
+                headers.insert(INTERACTION.clone(), HeaderValue::from(id));
             }
             if let Some((index, count)) = served.episode {
-                set(headers, EPISODE_HEADER, &format!("{}/{}", index + 1, count));
+                set(headers, EPISODE.clone(), &format!("{}/{}", index + 1, count));
             }
         }
         if served.refused.is_some() {
@@ -909,7 +918,9 @@ impl Proxy {
                 .insert(hyper::ext::ReasonPhrase::from_static(b"Replay Miss"));
         }
         // graphvcr's own answers are always marked, whatever provenance_headers says.
-        set(response.headers_mut(), OUTCOME_HEADER, outcome.as_str());
+        response
+            .headers_mut()
+            .insert(OUTCOME.clone(), HeaderValue::from_static(outcome.as_str()));
         response
     }
 }
@@ -953,9 +964,26 @@ fn error_outcome(error: &ProxyError) -> Outcome {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+/// Milliseconds to the microsecond for the log line: `0.019`, not `0.019266000000000002`.
+fn log_ms(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}
+
+/// As `Debug` prints it (`HTTP/1.1`), without formatting one per request.
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
 }
 
@@ -986,7 +1014,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().map(str::to_owned).chain(listed) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in listed {
         headers.remove(name.as_str());
     }
 }
@@ -994,6 +1025,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_names_read_as_debug_prints_them() {
+        for version in [
+            http::Version::HTTP_09,
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            assert_eq!(version_name(version), format!("{version:?}"));
+        }
+    }
+
+    #[test]
+    fn log_milliseconds_keep_microseconds_only() {
+        assert_eq!(log_ms(Duration::from_nanos(19_266)).to_string(), "0.019");
+        assert_eq!(log_ms(Duration::from_millis(1500)).to_string(), "1500");
+    }
 
     #[test]
     fn hop_by_hop_and_own_headers_are_not_forwarded() {

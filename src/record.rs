@@ -101,10 +101,12 @@ pub fn headers_from_map(map: &HeaderMap) -> Vec<Header> {
 pub fn headers_to_map(headers: &[Header]) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(headers.len());
     for header in headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(header.name.as_bytes()),
-            HeaderValue::from_bytes(&header.value_bytes()),
-        ) {
+        let value = if header.binary {
+            HeaderValue::from_bytes(&header.value_bytes())
+        } else {
+            HeaderValue::from_str(&header.value)
+        };
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(header.name.as_bytes()), value) {
             map.append(name, value);
         }
     }
@@ -144,11 +146,18 @@ mod base64_bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        BASE64
-            .decode(text)
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
+        // Decoded straight from the parser's text: no intermediate String.
+        struct Base64Visitor;
+        impl serde::de::Visitor<'_> for Base64Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Bytes, E> {
+                BASE64.decode(text).map(Bytes::from).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Base64Visitor)
     }
 }
 

@@ -17,6 +17,7 @@
 //!   them: see [`crate::graph::odata`].
 
 use std::fmt::Write as _;
+use std::borrow::Cow;
 
 mod diff;
 pub mod rules;
@@ -322,6 +323,33 @@ fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -
     NormalBody::Bytes(Bytes::copy_from_slice(body))
 }
 
+/// An object's keys so far. Most objects have a handful, where a scan beats hashing;
+/// a large one switches to a hash set so a crafted body cannot make checking quadratic.
+#[derive(Default)]
+struct KeySet<'a> {
+    few: Vec<Cow<'a, [u8]>>,
+    many: Option<std::collections::HashSet<Cow<'a, [u8]>>>,
+}
+
+impl<'a> KeySet<'a> {
+    const FEW: usize = 16;
+
+    /// False when `key` was already there.
+    fn insert(&mut self, key: Cow<'a, [u8]>) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(key);
+        }
+        if self.few.contains(&key) {
+            return false;
+        }
+        self.few.push(key);
+        if self.few.len() > Self::FEW {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
+    }
+}
+
 /// Whether a document serde_json has already parsed reads back without loss: no object
 /// repeats a key (serde_json keeps the last, so `{"a":1,"a":2}` would equal `{"a":2}`)
 /// and every number is held exactly (integers within 64 bits, decimals with at most
@@ -331,13 +359,13 @@ fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -
 /// serde_json's own nesting limit bounds its stack.
 pub fn json_reads_exactly(text: &[u8]) -> bool {
     // One entry per open container: the keys seen so far for objects, `None` for arrays.
-    let mut open: Vec<Option<std::collections::HashSet<std::borrow::Cow<'_, [u8]>>>> = Vec::new();
+    let mut open: Vec<Option<KeySet<'_>>> = Vec::new();
     let mut expect_key = false;
     let mut i = 0;
     while i < text.len() {
         match text[i] {
             b'{' => {
-                open.push(Some(std::collections::HashSet::new()));
+                open.push(Some(KeySet::default()));
                 expect_key = true;
             }
             b'[' => {
@@ -366,14 +394,14 @@ pub fn json_reads_exactly(text: &[u8]) -> bool {
                 }
                 if expect_key {
                     let raw = &text[start..(i + 1).min(text.len())];
-                    let key: std::borrow::Cow<'_, [u8]> = if escaped {
+                    let key: Cow<'_, [u8]> = if escaped {
                         // `"\u0061"` and `"a"` are the same key.
                         match serde_json::from_slice::<String>(raw) {
-                            Ok(decoded) => std::borrow::Cow::Owned(decoded.into_bytes()),
+                            Ok(decoded) => Cow::Owned(decoded.into_bytes()),
                             Err(_) => return false,
                         }
                     } else {
-                        std::borrow::Cow::Borrowed(&text[start + 1..i.min(text.len())])
+                        Cow::Borrowed(&text[start + 1..i.min(text.len())])
                     };
                     if let Some(Some(keys)) = open.last_mut() {
                         if !keys.insert(key) {
@@ -847,6 +875,17 @@ mod tests {
         ]);
         assert!(json_reads_exactly(br#"{"a":"x\"y","b":[1,2,{"a":3}]}"#));
         assert!(!json_reads_exactly(br#"{"a":"x\"y","a":1}"#));
+        // Past the short list the keys move to a hash set; a repeat is still found,
+        // whichever side of the move its first occurrence was.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let distinct = format!("{{{}}}", keys.join(","));
+        assert!(json_reads_exactly(distinct.as_bytes()));
+        for (first, again) in [(3, 10), (3, 30), (25, 39)] {
+            let mut repeated = keys.clone();
+            repeated[again] = format!("\"k{first}\":0");
+            let text = format!("{{{}}}", repeated.join(","));
+            assert!(!json_reads_exactly(text.as_bytes()), "k{first} at {again}");
+        }
     }
 
     #[test]
