@@ -70,7 +70,7 @@ wait "$PID" || true
 kill "$emulator_pid"
 pids=()
 
-# sled's page cache grows to store.cache_capacity_mb (8 MiB by default; 4 here unless
+# sled's page cache grows to store.cache_capacity_mb (4 MiB by default, as here unless
 # CACHE_MB says otherwise) as the audit trail is written, then stays there: a small cache
 # fills during warm-up, so growth after it means a leak.
 printf '[store]\ncache_capacity_mb = %s\n[audit]\nenabled = %s\n' \

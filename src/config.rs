@@ -35,7 +35,7 @@ pub mod defaults {
     pub const RESPONSE_TIMEOUT: &str = "100s";
     pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
     pub const STORE: &str = "cassettes/store";
-    pub const CACHE_CAPACITY_MB: u64 = 8;
+    pub const CACHE_CAPACITY_MB: u64 = 4;
     pub const CONFIG_FILE: &str = "config.toml";
     pub const AUDIT_ENABLED: bool = true;
     pub const AUDIT_BODIES: bool = false;

@@ -859,7 +859,11 @@ impl Proxy {
                 headers.insert(INTERACTION.clone(), HeaderValue::from(id));
             }
             if let Some((index, count)) = served.episode {
-                set(headers, EPISODE.clone(), &format!("{}/{}", index + 1, count));
+                set(
+                    headers,
+                    EPISODE.clone(),
+                    &format!("{}/{}", index + 1, count),
+                );
             }
         }
         if served.refused.is_some() {

@@ -27,7 +27,9 @@ use crate::matching::{Exhausted, MatchKey, ReplayOrder};
 use crate::record::{Interaction, StoredReply, SCHEMA_VERSION};
 
 mod audit;
+mod episodes;
 pub use audit::{AuditFiles, LogFile, AUDIT_DIR, FILE_BYTES};
+use episodes::EpisodeCache;
 
 /// File in the store directory naming the process that holds it.
 pub const OWNER_FILE: &str = "graphvcr.owner";
@@ -130,6 +132,8 @@ struct Inner {
     /// replay. Compact keys: one entry per replayed request of a 100,000-interaction
     /// cassette costs ~30 bytes instead of ~110 with a heap-allocated prefix.
     cursors: Mutex<HashMap<String, HashMap<CursorKey, u32>>>,
+    /// Episode ids already read from `index` (see [`EpisodeCache`]).
+    episodes: EpisodeCache,
     /// `cassette \0 fingerprint` of indexes known complete, to skip the sled check.
     complete: Mutex<HashSet<Vec<u8>>>,
     /// Serialises index builds and writes that must see a consistent index state.
@@ -177,6 +181,7 @@ impl Store {
                 cassettes,
                 audit_dir,
                 cursors: Mutex::new(HashMap::new()),
+                episodes: EpisodeCache::new(),
                 complete: Mutex::new(HashSet::new()),
                 index_lock: Mutex::new(()),
                 flush_requests,
@@ -305,6 +310,9 @@ impl Store {
             self.inner.index.insert(index_key, &[][..])?;
             stored.push(interaction);
         }
+        for cassette in &touched {
+            self.inner.episodes.forget(cassette);
+        }
         Ok(stored)
     }
 
@@ -399,6 +407,7 @@ impl Store {
                 count += 1;
             }
             self.inner.indexes.insert(&marker, &[][..])?;
+            self.inner.episodes.forget(cassette);
             tracing::info!(
                 cassette,
                 interactions = count,
@@ -422,16 +431,7 @@ impl Store {
         key: &MatchKey,
         policy: EpisodePolicy,
     ) -> Result<Lookup, StoreError> {
-        let prefix = episode_prefix(cassette, fingerprint, key);
-        let mut ids: Vec<[u8; 8]> = Vec::new();
-        for index_key in self.inner.index.scan_prefix(&prefix).keys() {
-            let index_key = index_key?;
-            let mut id = [0u8; 8];
-            if let Some(tail) = index_key.get(index_key.len().saturating_sub(8)..) {
-                id.copy_from_slice(tail);
-            }
-            ids.push(id);
-        }
+        let ids = self.episode_ids(cassette, fingerprint, key)?;
         let mut episodes: Vec<(Vec<u8>, Option<StoredReply>)> = Vec::with_capacity(ids.len());
         for id in ids {
             let mut data_key = cassette_prefix(cassette);
@@ -507,14 +507,34 @@ impl Store {
         fingerprint: u64,
         key: &MatchKey,
     ) -> Result<bool, StoreError> {
+        Ok(!self.episode_ids(cassette, fingerprint, key)?.is_empty())
+    }
+
+    /// The ids of `key`'s episodes in recording order: from memory when this request was
+    /// looked up before, else from the index.
+    fn episode_ids(
+        &self,
+        cassette: &str,
+        fingerprint: u64,
+        key: &MatchKey,
+    ) -> Result<Vec<episodes::Id>, StoreError> {
+        let cursor = cursor_key(fingerprint, key);
+        let generation = match self.inner.episodes.get(cassette, cursor) {
+            Ok(ids) => return Ok(ids),
+            Err(generation) => generation,
+        };
         let prefix = episode_prefix(cassette, fingerprint, key);
-        Ok(self
-            .inner
-            .index
-            .scan_prefix(&prefix)
-            .next()
-            .transpose()?
-            .is_some())
+        let mut ids = Vec::new();
+        for index_key in self.inner.index.scan_prefix(&prefix).keys() {
+            let index_key = index_key?;
+            let mut id = [0u8; 8];
+            if let Some(tail) = index_key.get(index_key.len().saturating_sub(8)..) {
+                id.copy_from_slice(tail);
+            }
+            ids.push(id);
+        }
+        self.inner.episodes.put(generation, cassette, cursor, &ids);
+        Ok(ids)
     }
 
     /// Forgets how far sequential replay has got, for every cassette.
@@ -585,6 +605,7 @@ impl Store {
         for key in self.inner.indexes.scan_prefix(&prefix).keys() {
             self.inner.indexes.remove(key?)?;
         }
+        self.inner.episodes.forget(cassette);
         self.inner
             .complete
             .lock()
@@ -832,6 +853,67 @@ mod tests {
                 body: Bytes::new(),
             },
         }
+    }
+
+    /// Lookups remember episode ids; every kind of index write must show through.
+    #[tokio::test]
+    async fn lookups_see_every_index_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher();
+        let key = MatchKey([3; 32]);
+        let policy = EpisodePolicy {
+            order: ReplayOrder::First,
+            exhausted: Exhausted::RepeatLast,
+            recorded_after: None,
+        };
+        let count = |fingerprint| match store
+            .next_episode("c", fingerprint, &key, policy)
+            .expect("read")
+        {
+            Lookup::Hit(episode) => episode.count,
+            Lookup::Exhausted { count } => count,
+            Lookup::Absent => 0,
+        };
+        assert_eq!(count(1), 0);
+        store
+            .append(1, key, interaction("c", 200))
+            .await
+            .expect("append");
+        assert!(store.is_recorded("c", 1, &key).expect("read"));
+        assert_eq!(count(1), 1);
+        assert_eq!(count(1), 1, "now from memory");
+        store
+            .append(1, key, interaction("c", 201))
+            .await
+            .expect("append");
+        assert_eq!(count(1), 2, "a new episode shows at once");
+        // Re-indexing under other rules, then back: the first index is rebuilt.
+        store
+            .ensure_index("c", 2, &|_| key)
+            .expect("index under rules 2");
+        assert_eq!(count(2), 2);
+        store
+            .append(2, key, interaction("c", 202))
+            .await
+            .expect("append");
+        assert_eq!(count(2), 3);
+        store
+            .ensure_index("c", 1, &|_| key)
+            .expect("re-index rules 1");
+        assert_eq!(count(1), 3, "rebuilt, not remembered from before");
+        let cutoff = SystemTime::now();
+        assert_eq!(store.prune("c", cutoff).await.expect("prune"), 3);
+        store.ensure_index("c", 1, &|_| key).expect("re-index");
+        assert_eq!(count(1), 0, "pruned episodes are gone");
+        store
+            .append(1, key, interaction("c", 200))
+            .await
+            .expect("append");
+        assert_eq!(count(1), 1);
+        assert_eq!(store.delete_cassette("c").await.expect("delete"), Some(1));
+        assert_eq!(count(1), 0, "a deleted cassette answers nothing");
+        assert!(!store.is_recorded("c", 1, &key).expect("read"));
     }
 
     #[tokio::test]

@@ -467,7 +467,7 @@ impl State {
     /// The sequence number, time and hash of file `i`'s last record: remembered if this
     /// writer closed the file, read back otherwise.
     fn file_end(
-        &self,
+        &mut self,
         files: &[LogFile],
         i: usize,
     ) -> Result<Option<(u64, RecordStamp)>, StoreError> {
@@ -486,15 +486,18 @@ impl State {
         let Some(file) = files.get(i) else {
             return Ok(None);
         };
-        let records = self
-            .store
-            .audit()
-            .file_records(file, i + 1 == files.len())?;
-        Ok(records.last().and_then(|(seq, bytes)| {
+        let newest = i + 1 == files.len();
+        let records = self.store.audit().file_records(file, newest)?;
+        let end = records.last().and_then(|(seq, bytes)| {
             RecordStamp::from_bytes(bytes)
                 .ok()
                 .map(|stamp| (*seq, stamp))
-        }))
+        });
+        // A closed file's end never changes: read once, not at every retention pass.
+        if let (false, Some((seq, stamp))) = (newest, &end) {
+            self.file_ends.insert(*seq, stamp.clone());
+        }
+        Ok(end)
     }
 
     fn records_per_file(&self) -> u64 {
@@ -579,8 +582,7 @@ impl State {
             self.last_retention = Instant::now();
         }
         let now = SystemTime::now();
-        let trail = self.store.audit();
-        let files = match trail.files() {
+        let files = match self.store.audit().files() {
             Ok(files) => files,
             Err(error) => {
                 tracing::error!(%error, "audit retention cannot list the trail");
@@ -633,7 +635,7 @@ impl State {
         let Some(anchor) = anchor else {
             return;
         };
-        match trail.prune(anchor.seq, &anchor.to_bytes()) {
+        match self.store.audit().prune(anchor.seq, &anchor.to_bytes()) {
             Ok(removed) => {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
                 self.file_ends = self.file_ends.split_off(&(anchor.seq + 1));

@@ -16,8 +16,8 @@
 //! - with the `odata` rule (on by default), OData system query options as Graph reads
 //!   them: see [`crate::graph::odata`].
 
-use std::fmt::Write as _;
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 mod diff;
 pub mod rules;
