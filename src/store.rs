@@ -138,6 +138,10 @@ struct Inner {
     complete: Mutex<HashSet<Vec<u8>>>,
     /// Serialises index builds and writes that must see a consistent index state.
     index_lock: Mutex<()>,
+    /// The rules fingerprint each cassette was last prepared for inserts under (see
+    /// `prepare_cassette_for_insert`), so recording does not repeat three sled reads per
+    /// interaction. Forgotten when the cassette's indexes change otherwise.
+    prepared_for: Mutex<HashMap<String, u64>>,
     flush_requests: mpsc::UnboundedSender<FlushWaiter>,
     flush_receiver: Mutex<Option<mpsc::UnboundedReceiver<FlushWaiter>>>,
 }
@@ -184,6 +188,7 @@ impl Store {
                 episodes: EpisodeCache::new(),
                 complete: Mutex::new(HashSet::new()),
                 index_lock: Mutex::new(()),
+                prepared_for: Mutex::new(HashMap::new()),
                 flush_requests,
                 flush_receiver: Mutex::new(Some(flush_receiver)),
             }),
@@ -323,6 +328,9 @@ impl Store {
         cassette: &str,
         fingerprint: u64,
     ) -> Result<(), StoreError> {
+        if self.prepared_for(cassette) == Some(fingerprint) {
+            return Ok(());
+        }
         let prefix = cassette_prefix(cassette);
         if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
             self.inner
@@ -352,7 +360,34 @@ impl Store {
             self.inner.indexes.insert(&marker, &[][..])?;
             complete.insert(marker);
         }
+        drop(complete);
+        self.set_prepared_for(cassette, Some(fingerprint));
         Ok(())
+    }
+
+    fn prepared_for(&self, cassette: &str) -> Option<u64> {
+        let prepared = self.inner.prepared_for.lock();
+        prepared
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cassette)
+            .copied()
+    }
+
+    /// `None` forgets: the next insert prepares the cassette again.
+    fn set_prepared_for(&self, cassette: &str, fingerprint: Option<u64>) {
+        let mut prepared = self
+            .inner
+            .prepared_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match fingerprint {
+            Some(fingerprint) => {
+                prepared.insert(cassette.to_owned(), fingerprint);
+            }
+            None => {
+                prepared.remove(cassette);
+            }
+        }
     }
 
     /// Whether `cassette` is known to be indexed for `fingerprint` (a memory check).
@@ -408,6 +443,9 @@ impl Store {
             }
             self.inner.indexes.insert(&marker, &[][..])?;
             self.inner.episodes.forget(cassette);
+            // A complete index for other rules than the last insert's: the next insert
+            // must mark it stale again.
+            self.set_prepared_for(cassette, None);
             tracing::info!(
                 cassette,
                 interactions = count,
@@ -606,6 +644,7 @@ impl Store {
             self.inner.indexes.remove(key?)?;
         }
         self.inner.episodes.forget(cassette);
+        self.set_prepared_for(cassette, None);
         self.inner
             .complete
             .lock()
@@ -1002,6 +1041,33 @@ mod tests {
             Ok(Lookup::Hit(_))
         ));
         assert_eq!(store.interactions("c", 10).expect("list").len(), 2);
+        // The store remembers which rules it last prepared "c" for; building the index
+        // for other rules in between must still make the next write mark that index
+        // stale.
+        store
+            .append(1, MatchKey([3; 32]), interaction("c", 202))
+            .await
+            .expect("append");
+        store
+            .ensure_index("c", 2, &|_| MatchKey([2; 32]))
+            .expect("index");
+        assert!(store.index_ready("c", 2));
+        store
+            .append(1, MatchKey([3; 32]), interaction("c", 203))
+            .await
+            .expect("append");
+        assert!(!store.index_ready("c", 2), "rules 2's index is stale again");
+        store
+            .ensure_index("c", 2, &|_| MatchKey([2; 32]))
+            .expect("reindex");
+        let Ok(Lookup::Hit(episode)) = store.next_episode("c", 2, &MatchKey([2; 32]), policy)
+        else {
+            panic!("rules 2 answer");
+        };
+        assert_eq!(
+            episode.count, 4,
+            "every interaction, the last write's included"
+        );
     }
 
     #[tokio::test]

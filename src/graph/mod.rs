@@ -275,11 +275,12 @@ pub fn validate_device_status(body: &Value, version: ApiVersion) -> Vec<SchemaVi
     };
     let mut violations = Vec::new();
     for (name, value) in object {
-        let pointer = format!("/{}", escape_pointer_token(name));
+        // Built only for a violation: a valid body (the usual case) formats nothing.
+        let pointer = || format!("/{}", escape_pointer_token(name));
         if name == "@odata.type" {
             if value.as_str() != Some(DEVICE_STATUS_ODATA_TYPE) {
                 violations.push(SchemaViolation {
-                    pointer,
+                    pointer: pointer(),
                     problem: format!("must be \"{DEVICE_STATUS_ODATA_TYPE}\""),
                 });
             }
@@ -287,7 +288,7 @@ pub fn validate_device_status(body: &Value, version: ApiVersion) -> Vec<SchemaVi
         }
         let Some(kind) = property_type(name, version) else {
             violations.push(SchemaViolation {
-                pointer,
+                pointer: pointer(),
                 problem: format!(
                     "unknown property '{name}' on microsoft.graph.deviceConfigurationDeviceStatus"
                 ),
@@ -317,7 +318,10 @@ pub fn validate_device_status(body: &Value, version: ApiVersion) -> Vec<SchemaVi
             _ => None,
         };
         if let Some(problem) = problem {
-            violations.push(SchemaViolation { pointer, problem });
+            violations.push(SchemaViolation {
+                pointer: pointer(),
+                problem,
+            });
         }
     }
     violations
