@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Response};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Response};
 use http_body_util::Full;
 use hyper::body::Body as _;
 
@@ -16,6 +17,9 @@ use crate::graph;
 use crate::metrics::{status_class, ExchangeLabels, Metrics};
 use crate::proxy::{Outcome, LEAK_GUARD_HEADER};
 use crate::redact::Redactor;
+
+// Looked up in every answer: parsed once, not per lookup.
+static LEAK_GUARD: HeaderName = HeaderName::from_static(LEAK_GUARD_HEADER);
 
 /// Where the observations go; attached to a running proxy with `Proxy::observe`.
 #[derive(Clone)]
@@ -122,11 +126,11 @@ impl Observers {
             e.upstream_latency,
         );
         let headers = e.response.headers();
-        if headers.contains_key(LEAK_GUARD_HEADER) {
+        if headers.contains_key(&LEAK_GUARD) {
             self.metrics.leak_guard_refusals().inc();
         }
         let Some(audit) = &self.audit else { return };
-        let text = |name: &str| {
+        let text = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -137,7 +141,7 @@ impl Observers {
                 started: e.started,
                 mode: e.trace.mode.as_str().to_owned(),
                 cassette: e.trace.cassette,
-                client: e.peer.to_string(),
+                client: e.peer,
                 method: e.request.method.clone(),
                 host: e.request.host.clone(),
                 uri: e.request.uri.clone(),
@@ -149,22 +153,22 @@ impl Observers {
                 latency: e.latency,
                 upstream: e.upstream_latency,
                 interaction: e.interaction,
-                request_id: text(graph::REQUEST_ID),
+                request_id: text(&graph::REQUEST_ID_NAME),
                 // The client's own id correlates with its logs; on replay the response's
                 // header is the recording's.
                 client_request_id: e
                     .request
                     .client_request_id
                     .clone()
-                    .or_else(|| text(graph::CLIENT_REQUEST_ID)),
+                    .or_else(|| text(&graph::CLIENT_REQUEST_ID_NAME)),
                 request_content_type: e.request.content_type.clone(),
                 request_body: e.trace.request_body,
                 notes: e.trace.notes,
                 response_body: e.response_body.map(|body| {
-                    let content_type = text(header::CONTENT_TYPE.as_str());
+                    let content_type = text(&header::CONTENT_TYPE);
                     self.redactor.body(content_type.as_deref(), &body)
                 }),
-                response_content_type: text(header::CONTENT_TYPE.as_str()),
+                response_content_type: text(&header::CONTENT_TYPE),
             })
             .await;
     }

@@ -52,6 +52,7 @@ pub const CONTROL_PREFIX: &str = "x-graphvcr-";
 // Parsed once: every answer carries some of these.
 static OUTCOME: HeaderName = HeaderName::from_static(OUTCOME_HEADER);
 static CASSETTE: HeaderName = HeaderName::from_static(CASSETTE_HEADER);
+static MODE: HeaderName = HeaderName::from_static(MODE_HEADER);
 static INTERACTION: HeaderName = HeaderName::from_static(INTERACTION_HEADER);
 static EPISODE: HeaderName = HeaderName::from_static(EPISODE_HEADER);
 
@@ -251,7 +252,7 @@ impl Proxy {
             .or_else(|| forward::absolute_form_target(&request, self.shared.interceptor.config()));
         let client_request_id = request
             .headers()
-            .get(graph::CLIENT_REQUEST_ID)
+            .get(&graph::CLIENT_REQUEST_ID_NAME)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let request_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -327,7 +328,7 @@ impl Proxy {
 
     /// What the audit keeps of a request, taken before the pipeline consumes it.
     fn request_facts(request: &Request<Incoming>, sanitized_uri: &str) -> RequestFacts {
-        let header = |name: &str| {
+        let header = |name: &HeaderName| {
             request
                 .headers()
                 .get(name)
@@ -336,13 +337,13 @@ impl Proxy {
         };
         RequestFacts {
             method: request.method().as_str().to_owned(),
-            host: header(header::HOST.as_str())
+            host: header(&header::HOST)
                 .or_else(|| request.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default(),
             uri: sanitized_uri.to_owned(),
             http_version: version_name(request.version()).to_owned(),
-            content_type: header(header::CONTENT_TYPE.as_str()),
-            client_request_id: header(graph::CLIENT_REQUEST_ID),
+            content_type: header(&header::CONTENT_TYPE),
+            client_request_id: header(&graph::CLIENT_REQUEST_ID_NAME),
         }
     }
 
@@ -507,7 +508,7 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
-        let cassette = match parts.headers.get(CASSETTE_HEADER) {
+        let cassette = match parts.headers.get(&CASSETTE) {
             None => defaults.cassette.clone(),
             Some(value) => {
                 let text = value.to_str().unwrap_or("");
@@ -521,7 +522,7 @@ impl Proxy {
                 text.to_owned()
             }
         };
-        let mode = match parts.headers.get(MODE_HEADER) {
+        let mode = match parts.headers.get(&MODE) {
             None => defaults.mode,
             Some(value) => value.to_str().ok().and_then(Mode::parse).ok_or_else(|| {
                 ProxyError::BadControlHeader {

@@ -36,6 +36,11 @@ pub const GRAPH_HOSTS: [&str; 4] = [
 pub const REQUEST_ID: &str = "request-id";
 /// The client's own correlation id, echoed back by Graph (or set to `request-id`).
 pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+/// [`REQUEST_ID`] and [`CLIENT_REQUEST_ID`] as header names, parsed once: every
+/// exchange looks them up.
+pub static REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
+pub static CLIENT_REQUEST_ID_NAME: http::HeaderName =
+    http::HeaderName::from_static(CLIENT_REQUEST_ID);
 /// The content type Graph answers JSON with.
 pub const JSON_CONTENT_TYPE: &str =
     "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
@@ -112,8 +117,8 @@ pub fn error_response(
     let body = error_body(code, message, &request_id, &client_request_id);
     let mut response = json_response(status, &body);
     let headers = response.headers_mut();
-    insert_header(headers, REQUEST_ID, &request_id);
-    insert_header(headers, CLIENT_REQUEST_ID, &client_request_id);
+    insert_header(headers, &REQUEST_ID_NAME, &request_id);
+    insert_header(headers, &CLIENT_REQUEST_ID_NAME, &client_request_id);
     response
 }
 
@@ -129,9 +134,9 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
     response
 }
 
-fn insert_header(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
+fn insert_header(headers: &mut http::HeaderMap, name: &http::HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
+        headers.insert(name.clone(), value);
     }
 }
 
@@ -145,17 +150,17 @@ pub fn refresh_replayed_headers(
     regenerate_date: bool,
 ) {
     if regenerate_request_id {
-        if let Some(old) = headers.get(REQUEST_ID).cloned() {
+        if let Some(old) = headers.get(&REQUEST_ID_NAME).cloned() {
             let fresh = new_request_id();
             // Without a client id Graph sets client-request-id equal to request-id.
-            if headers.get(CLIENT_REQUEST_ID) == Some(&old) {
-                insert_header(headers, CLIENT_REQUEST_ID, &fresh);
+            if headers.get(&CLIENT_REQUEST_ID_NAME) == Some(&old) {
+                insert_header(headers, &CLIENT_REQUEST_ID_NAME, &fresh);
             }
-            insert_header(headers, REQUEST_ID, &fresh);
+            insert_header(headers, &REQUEST_ID_NAME, &fresh);
         }
     }
     if let Some(id) = client_request_id {
-        insert_header(headers, CLIENT_REQUEST_ID, id);
+        insert_header(headers, &CLIENT_REQUEST_ID_NAME, id);
     }
     if regenerate_date {
         let now = httpdate::fmt_http_date(SystemTime::now());
