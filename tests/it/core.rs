@@ -142,6 +142,56 @@ async fn identical_requests_replay_as_episodes_in_recorded_order() {
     );
 }
 
+/// A running proxy remembers the episodes of a request once replayed; a recording made
+/// afterwards through the same proxy must still be replayed as the next episode.
+#[tokio::test]
+async fn a_new_recording_shows_in_replay_at_once() {
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
+    let path = status_path("cfg-n", "dev-n");
+    let send = |mode: &'static str| {
+        let http = http.clone();
+        let url = auto.url(&path);
+        async move {
+            http.send(
+                "PATCH",
+                &url,
+                &[
+                    ("x-graphvcr-mode", mode),
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer test-token"),
+                ],
+                SEED_BODY,
+            )
+            .await
+        }
+    };
+    let provenance = |reply: &Reply| {
+        (
+            reply.status.as_u16(),
+            reply.header("x-graphvcr-outcome").unwrap_or("-").to_owned(),
+            reply.header("x-graphvcr-episode").unwrap_or("-").to_owned(),
+        )
+    };
+    let mut seen = Vec::new();
+    seen.push(provenance(&send("auto").await));
+    seen.push(provenance(&send("replay").await));
+    seen.push(provenance(&send("record").await));
+    seen.push(provenance(&send("replay").await));
+    seen.push(provenance(&send("replay").await));
+    let expected = [
+        (200, "recorded", "-"),
+        (200, "replayed", "1/1"),
+        (200, "recorded", "-"),
+        (200, "replayed", "2/2"),
+        (200, "replayed", "2/2"),
+    ]
+    .map(|(status, outcome, episode)| (status, outcome.to_owned(), episode.to_owned()));
+    assert_eq!(seen, expected, "{}", auto.stderr());
+}
+
 #[tokio::test]
 async fn auto_replays_what_it_has_and_records_what_it_lacks() {
     let scratch = Scratch::new();
