@@ -151,23 +151,7 @@ async fn a_new_recording_shows_in_replay_at_once() {
     let http = Http::new();
     let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
     let path = status_path("cfg-n", "dev-n");
-    let send = |mode: &'static str| {
-        let http = http.clone();
-        let url = auto.url(&path);
-        async move {
-            http.send(
-                "PATCH",
-                &url,
-                &[
-                    ("x-graphvcr-mode", mode),
-                    ("content-type", "application/json"),
-                    ("authorization", "Bearer test-token"),
-                ],
-                SEED_BODY,
-            )
-            .await
-        }
-    };
+    let url = auto.url(&path);
     let provenance = |reply: &Reply| {
         (
             reply.status.as_u16(),
@@ -176,11 +160,12 @@ async fn a_new_recording_shows_in_replay_at_once() {
         )
     };
     let mut seen = Vec::new();
-    seen.push(provenance(&send("auto").await));
-    seen.push(provenance(&send("replay").await));
-    seen.push(provenance(&send("record").await));
-    seen.push(provenance(&send("replay").await));
-    seen.push(provenance(&send("replay").await));
+    for mode in ["auto", "replay", "record", "replay", "replay"] {
+        let reply = http
+            .patch_with(&url, &[("x-graphvcr-mode", mode)], SEED_BODY)
+            .await;
+        seen.push(provenance(&reply));
+    }
     let expected = [
         (200, "recorded", "-"),
         (200, "replayed", "1/1"),

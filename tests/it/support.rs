@@ -497,16 +497,17 @@ impl Http {
 
     /// PATCH with a JSON body and a bearer token, as a Graph SDK would.
     pub async fn patch(&self, url: &str, body: &str) -> Reply {
-        self.send(
-            "PATCH",
-            url,
-            &[
-                ("content-type", "application/json"),
-                ("authorization", "Bearer test-token"),
-            ],
-            body,
-        )
-        .await
+        self.patch_with(url, &[], body).await
+    }
+
+    /// [`Http::patch`] with more headers, e.g. `x-graphvcr-mode` for one request.
+    pub async fn patch_with(&self, url: &str, extra: &[(&str, &str)], body: &str) -> Reply {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("authorization", "Bearer test-token"),
+        ];
+        headers.extend_from_slice(extra);
+        self.send("PATCH", url, &headers, body).await
     }
 
     pub async fn get(&self, url: &str) -> Reply {
