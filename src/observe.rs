@@ -15,11 +15,8 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Mode;
 use crate::graph;
 use crate::metrics::{status_class, ExchangeLabels, Metrics};
-use crate::proxy::{Outcome, LEAK_GUARD_HEADER};
+use crate::proxy::{Outcome, LEAK_GUARD};
 use crate::redact::Redactor;
-
-// Looked up in every answer: parsed once, not per lookup.
-static LEAK_GUARD: HeaderName = HeaderName::from_static(LEAK_GUARD_HEADER);
 
 /// Where the observations go; attached to a running proxy with `Proxy::observe`.
 #[derive(Clone)]

@@ -55,6 +55,8 @@ static CASSETTE: HeaderName = HeaderName::from_static(CASSETTE_HEADER);
 static MODE: HeaderName = HeaderName::from_static(MODE_HEADER);
 static INTERACTION: HeaderName = HeaderName::from_static(INTERACTION_HEADER);
 static EPISODE: HeaderName = HeaderName::from_static(EPISODE_HEADER);
+/// [`LEAK_GUARD_HEADER`] as a name: the metrics look for it in every answer.
+pub static LEAK_GUARD: HeaderName = HeaderName::from_static(LEAK_GUARD_HEADER);
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -868,7 +870,9 @@ impl Proxy {
             }
         }
         if served.refused.is_some() {
-            set(response.headers_mut(), LEAK_GUARD_HEADER, "refused");
+            response
+                .headers_mut()
+                .insert(LEAK_GUARD.clone(), HeaderValue::from_static("refused"));
         }
         response
     }
