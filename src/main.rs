@@ -85,13 +85,11 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("graphvcr-log")
         // Buffered: the writer thread flushes after each run of queued lines, so lines that
-        // queue up together share a syscall and an idle proxy still shows each at once.
-        // (Under replay load at c64 it comes to 1.5-2 lines per `write`: the thread
-        // mostly keeps up.)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+        // queue up together share a syscall; after each flush it lingers (see
+        // `LingeringWriter`) so that under load a run is more than a line or two.
+        .finish(LingeringWriter {
+            inner: std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()),
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -101,6 +99,31 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// How long the log writer thread waits after writing a run of lines before it looks for
+/// more. The first line after a quiet spell is written at once; under load, the lines of
+/// the next few milliseconds share one `write`, and the proxy's threads queue them
+/// without waking the writer for each (a wake-up per line cost more CPU than the line's
+/// formatting: BENCHMARKS.md).
+const LOG_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// stderr, buffered, with a pause after each flush (the writer thread flushes once per
+/// run of queued lines).
+struct LingeringWriter {
+    inner: std::io::BufWriter<std::io::Stderr>,
+}
+
+impl std::io::Write for LingeringWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()?;
+        std::thread::sleep(LOG_LINGER);
+        Ok(())
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
