@@ -233,6 +233,11 @@ fn hex_value(byte: u8) -> Option<u8> {
 /// by two hex digits is kept literally (it cannot be decoded, so it is compared as sent).
 pub fn normalize_percent(text: &str, plus_is_space: bool) -> String {
     let bytes = text.as_bytes();
+    // Most paths and values have nothing to rewrite: copy them whole.
+    let plus = plus_is_space.then_some(b'+');
+    if memchr::memchr2(b'%', plus.unwrap_or(b'%'), bytes).is_none() {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -381,16 +386,18 @@ pub fn json_reads_exactly(text: &[u8]) -> bool {
                 let start = i;
                 let mut escaped = false;
                 i += 1;
-                while i < text.len() {
-                    match text[i] {
-                        b'\\' => {
-                            escaped = true;
-                            i += 1;
-                        }
-                        b'"' => break,
-                        _ => {}
+                // Jump between quotes and backslashes (SIMD search): string contents are
+                // most of a body's bytes, and nothing inside them matters but these two.
+                while let Some(offset) = memchr::memchr2(b'"', b'\\', &text[i.min(text.len())..]) {
+                    i += offset;
+                    if text[i] == b'"' {
+                        break;
                     }
-                    i += 1;
+                    escaped = true;
+                    i += 2;
+                }
+                if i < text.len() && text[i] != b'"' {
+                    i = text.len();
                 }
                 if expect_key {
                     let raw = &text[start..(i + 1).min(text.len())];
@@ -875,6 +882,12 @@ mod tests {
         ]);
         assert!(json_reads_exactly(br#"{"a":"x\"y","b":[1,2,{"a":3}]}"#));
         assert!(!json_reads_exactly(br#"{"a":"x\"y","a":1}"#));
+        // Escapes next to the quotes, a key that only differs once unescaped, a string
+        // cut short: the scan between quotes and backslashes keeps each reading.
+        assert!(json_reads_exactly(br#"{"a\\":"\\","a":"\"","b":"\\\""}"#));
+        assert!(!json_reads_exactly(br#"{"\u0061":1,"a":2}"#));
+        assert!(json_reads_exactly(br#"{"a":"never closed"#));
+        assert!(json_reads_exactly(br#"{"a":"ends in a backslash\"#));
         // Past the short list the keys move to a hash set; a repeat is still found,
         // whichever side of the move its first occurrence was.
         let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
@@ -885,6 +898,19 @@ mod tests {
             repeated[again] = format!("\"k{first}\":0");
             let text = format!("{{{}}}", repeated.join(","));
             assert!(!json_reads_exactly(text.as_bytes()), "k{first} at {again}");
+        }
+    }
+
+    #[test]
+    fn percent_normalisation_copies_text_without_escapes_whole() {
+        for (text, plus_is_space, expected) in [
+            ("/v1.0/users/a-b_c.d~e", false, "/v1.0/users/a-b_c.d~e"),
+            ("a+b", false, "a+b"),
+            ("a+b", true, "a%20b"),
+            ("%7euser%2fx", false, "~user%2Fx"),
+            ("caf\u{e9}", true, "caf\u{e9}"),
+        ] {
+            assert_eq!(normalize_percent(text, plus_is_space), expected, "{text}");
         }
     }
 
