@@ -453,7 +453,10 @@ impl Admin {
         text_ok(
             metrics::CONTENT_TYPE,
             self.metrics.render(
-                self.store.size_on_disk(),
+                metrics::StoreFigures {
+                    bytes: self.store.size_on_disk(),
+                    flushes: self.store.flushes(),
+                },
                 records,
                 self.redactor.redaction_count(),
             ),

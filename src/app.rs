@@ -173,7 +173,7 @@ async fn bind_admin(config: &Config, proxy_addr: SocketAddr) -> Result<TcpListen
 /// Opens the store, builds the upstream client and starts serving.
 pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
     let store = Store::open(&config.store.path, config.store.cache_capacity_bytes)?;
-    store.start_flusher();
+    store.start_flusher(config.store.commit_delay);
     let upstream = Upstream::new(&config.upstream)?;
     let redactor = Redactor::new(config.sanitize.clone());
     let proxy = Proxy::new(

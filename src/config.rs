@@ -36,6 +36,10 @@ pub mod defaults {
     pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
     pub const STORE: &str = "cassettes/store";
     pub const CACHE_CAPACITY_MB: u64 = 4;
+    /// Long enough for a few concurrent recordings to share a flush, short next to the
+    /// flush itself and to an upstream round trip.
+    pub const COMMIT_DELAY: &str = "2ms";
+    pub const MAX_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
     pub const CONFIG_FILE: &str = "config.toml";
     pub const AUDIT_ENABLED: bool = true;
     pub const AUDIT_BODIES: bool = false;
@@ -197,6 +201,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// sled's page cache; bounds the proxy's memory with large cassettes.
     pub cache_capacity_bytes: u64,
+    /// How long a flush waits for other recordings in flight to join it (zero: never).
+    pub commit_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +304,7 @@ pub struct FileUpstream {
 pub struct FileStore {
     pub path: Option<PathBuf>,
     pub cache_capacity_mb: Option<u64>,
+    pub commit_delay: Option<String>,
 }
 
 impl FileConfig {
@@ -495,6 +502,7 @@ impl Config {
                     .max(1)
                     * 1024
                     * 1024,
+                commit_delay: commit_delay(store.commit_delay.as_deref())?,
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
@@ -597,6 +605,27 @@ fn parse_resolve(entry: &str) -> Result<(String, SocketAddr), ConfigError> {
     Ok((host, addr))
 }
 
+/// `store.commit_delay`: zero turns the delay off; more than [`defaults::MAX_COMMIT_DELAY`]
+/// would hold every recording that long, so it is refused.
+fn commit_delay(value: Option<&str>) -> Result<Duration, ConfigError> {
+    const KEY: &str = "store.commit_delay";
+    let text = value.unwrap_or(defaults::COMMIT_DELAY);
+    let parsed = humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+        key: KEY.to_owned(),
+        message: format!("{text:?} is not a duration like \"2ms\" or \"0s\": {e}"),
+    })?;
+    if parsed > defaults::MAX_COMMIT_DELAY {
+        return Err(ConfigError::Invalid {
+            key: KEY.to_owned(),
+            message: format!(
+                "{text:?} is longer than the {:?} allowed: every recording would wait that long",
+                defaults::MAX_COMMIT_DELAY
+            ),
+        });
+    }
+    Ok(parsed)
+}
+
 fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or(default);
     let parsed = humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
@@ -688,6 +717,14 @@ mod tests {
     }
 
     #[test]
+    fn the_commit_delay_defaults_to_2ms_and_zero_turns_it_off() {
+        let default = resolve(ServeArgs::default(), "").expect("defaults");
+        assert_eq!(default.store.commit_delay, Duration::from_millis(2));
+        let off = resolve(ServeArgs::default(), "[store]\ncommit_delay = \"0s\"\n").expect("0s");
+        assert_eq!(off.store.commit_delay, Duration::ZERO);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let check = |text: &str, needle: &str| {
             let error = resolve(ServeArgs::default(), text)
@@ -698,6 +735,11 @@ mod tests {
         check("[proxy]\nmood = \"replay\"\n", "mood");
         check("[nonsense]\n", "nonsense");
         check("[proxy]\nmode = \"rewind\"\n", "proxy.mode");
+        check("[store]\ncommit_delay = \"soon\"\n", "store.commit_delay");
+        check(
+            "[store]\ncommit_delay = \"1s\"\n",
+            "longer than the 100ms allowed",
+        );
         check("[proxy]\nlisten = \"here\"\n", "proxy.listen");
         check("[proxy]\ncassette = \"a/b\"\n", "proxy.cassette");
         check("[upstream]\nurl = \"ftp://x\"\n", "upstream.url");

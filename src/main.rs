@@ -211,7 +211,7 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
         let store = local
             .take()
             .context("the store is opened once per command")?;
-        store.start_flusher();
+        store.start_flusher(config.store.commit_delay);
         Ok((store, config))
     };
     let mut stdout = std::io::stdout().lock();

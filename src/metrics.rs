@@ -41,6 +41,7 @@ struct Inner {
     latency: Histogram,
     upstream_latency: Histogram,
     redactions: Counter,
+    store_flushes: Counter,
     leak_guard_refusals: Counter,
     store_bytes: Gauge,
     audit_records: Gauge,
@@ -61,6 +62,7 @@ impl Metrics {
         let latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         let redactions = Counter::default();
+        let store_flushes = Counter::default();
         let leak_guard_refusals = Counter::default();
         let store_bytes = Gauge::default();
         let audit_records = Gauge::default();
@@ -90,6 +92,11 @@ impl Metrics {
             leak_guard_refusals.clone(),
         );
         registry.register(
+            "store_flushes",
+            "Flushes of the cassette store to disk (concurrent recordings share one)",
+            store_flushes.clone(),
+        );
+        registry.register(
             "store_size_bytes",
             "Bytes the cassette store occupies on disk",
             store_bytes.clone(),
@@ -106,6 +113,7 @@ impl Metrics {
                 latency,
                 upstream_latency,
                 redactions,
+                store_flushes,
                 leak_guard_refusals,
                 store_bytes,
                 audit_records,
@@ -133,12 +141,12 @@ impl Metrics {
     }
 
     /// The text exposition, with the scrape-time values brought up to date first.
-    /// `redactions` is the redactor's running total (it counts with an atomic of its own).
-    pub fn render(&self, store_bytes: u64, audit_records: u64, redactions: u64) -> String {
-        let seen = self.inner.redactions.get();
-        if redactions > seen {
-            self.inner.redactions.inc_by(redactions - seen);
-        }
+    /// `redactions` and `store_flushes` are running totals kept by the redactor and the
+    /// store (each counts with an atomic of its own).
+    pub fn render(&self, store: StoreFigures, audit_records: u64, redactions: u64) -> String {
+        catch_up(&self.inner.redactions, redactions);
+        catch_up(&self.inner.store_flushes, store.flushes);
+        let store_bytes = store.bytes;
         self.inner
             .store_bytes
             .set(i64::try_from(store_bytes).unwrap_or(i64::MAX));
@@ -149,6 +157,20 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
         text
+    }
+}
+
+/// The store's figures at scrape time.
+pub struct StoreFigures {
+    pub bytes: u64,
+    pub flushes: u64,
+}
+
+/// Brings a counter up to a running total counted elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 
@@ -182,12 +204,17 @@ mod tests {
             Duration::from_millis(2),
             None,
         );
-        let text = metrics.render(4096, 1, 1);
+        let store = StoreFigures {
+            bytes: 4096,
+            flushes: 3,
+        };
+        let text = metrics.render(store, 1, 1);
         for needle in [
             "graphvcr_exchanges_total{outcome=\"replayed\",mode=\"replay\",cassette=\"default\",status_class=\"2xx\"} 1",
             "graphvcr_exchange_duration_seconds_count 1",
             "graphvcr_redactions_total 1",
             "graphvcr_store_size_bytes 4096",
+            "graphvcr_store_flushes_total 3",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");

@@ -27,7 +27,7 @@ use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
-use crate::store::{EpisodePolicy, Lookup, Store, StoreError};
+use crate::store::{EpisodePolicy, Lookup, Store, StoreError, WriteIntent};
 use crate::upstream::{Upstream, UpstreamResponse};
 
 /// The Graph hooks: `$batch`, chaos, and answer post-processing.
@@ -732,6 +732,8 @@ impl Proxy {
     }
 
     async fn forward(&self, prepared: Prepared, store: bool) -> Result<Served, ProxyError> {
+        // Announced before the round trip, so a flush that starts meanwhile waits for it.
+        let intent = store.then(|| self.shared.store.intend_write());
         let UpstreamResponse {
             status,
             mut headers,
@@ -763,12 +765,13 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(&mut headers);
-        self.keep(prepared, status, headers, body, latency, store)
+        self.keep(prepared, status, headers, body, latency, intent)
             .await
     }
 
-    /// Stores a forwarded exchange (unless `store` is false or the leak guard refuses)
-    /// and returns the answer to give. Also used for each sub-response of a `$batch`.
+    /// Stores a forwarded exchange (unless there is no write `intent` or the leak guard
+    /// refuses) and returns the answer to give. Also used for each sub-response of a
+    /// `$batch`.
     async fn keep(
         &self,
         prepared: Prepared,
@@ -776,7 +779,7 @@ impl Proxy {
         headers: HeaderMap,
         body: Bytes,
         latency: Duration,
-        store: bool,
+        intent: Option<WriteIntent>,
     ) -> Result<Served, ProxyError> {
         let forwarded = |status, headers, body, refused| Served {
             status,
@@ -788,9 +791,9 @@ impl Proxy {
             upstream_latency: Some(latency),
             refused,
         };
-        if !store {
+        let Some(intent) = intent else {
             return Ok(forwarded(status, headers, body, None));
-        }
+        };
         let sanitized = self.shared.redactor.message(&headers, &body);
         let request_side = redact::Sanitized {
             headers: prepared.stored_request.headers.clone(),
@@ -833,7 +836,7 @@ impl Proxy {
         let stored = self
             .shared
             .store
-            .append(prepared.fingerprint, prepared.key, interaction)
+            .append_intended(intent, prepared.fingerprint, prepared.key, interaction)
             .await?;
         Ok(Served {
             status,

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -144,6 +145,34 @@ struct Inner {
     prepared_for: Mutex<HashMap<String, u64>>,
     flush_requests: mpsc::UnboundedSender<FlushWaiter>,
     flush_receiver: Mutex<Option<mpsc::UnboundedReceiver<FlushWaiter>>>,
+    /// Writers on their way to a flush request (see [`WriteIntent`]).
+    intents: Arc<Intents>,
+    /// Flushes the group-commit flusher has made, for metrics.
+    flushes: AtomicU64,
+}
+
+/// A request that will append and ask for a flush soon: it went upstream to record.
+/// While any is outstanding, the group-commit flusher waits up to its commit delay for
+/// them before flushing, so concurrent recordings share one flush (and one wake of
+/// sled's I/O threads) instead of each paying for its own. It stops counting when
+/// dropped; [`Store::append_intended`] drops it once its flush is queued.
+pub struct WriteIntent {
+    intents: Arc<Intents>,
+}
+
+/// The outstanding [`WriteIntent`]s, and a wake-up for a flusher waiting on them.
+#[derive(Default)]
+struct Intents {
+    outstanding: AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl Drop for WriteIntent {
+    fn drop(&mut self) {
+        self.intents.outstanding.fetch_sub(1, Ordering::AcqRel);
+        // A writer that gives up (its upstream failed) must not hold a flush back.
+        self.intents.released.notify_one();
+    }
 }
 
 impl Store {
@@ -191,6 +220,8 @@ impl Store {
                 prepared_for: Mutex::new(HashMap::new()),
                 flush_requests,
                 flush_receiver: Mutex::new(Some(flush_receiver)),
+                intents: Arc::new(Intents::default()),
+                flushes: AtomicU64::new(0),
             }),
         })
     }
@@ -215,7 +246,12 @@ impl Store {
 
     /// Starts the group-commit flusher on the current runtime. Writers that call
     /// [`Store::append`] before this wait until it runs.
-    pub fn start_flusher(&self) {
+    ///
+    /// Each flush covers every waiter queued by the time it starts. With `commit_delay`
+    /// above zero and other writers still on their way ([`WriteIntent`]s outstanding),
+    /// it first waits up to that long for them, as a database's commit delay does: a
+    /// lone writer never waits, concurrent ones share a flush.
+    pub fn start_flusher(&self, commit_delay: Duration) {
         let receiver = self
             .inner
             .flush_receiver
@@ -228,15 +264,35 @@ impl Store {
         // A weak handle: the flusher must not keep the database (and its lock) alive once
         // every `Store` clone is gone; the channel then closes and the task ends.
         let inner = Arc::downgrade(&self.inner);
+        let intents = self.inner.intents.clone();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut waiters = vec![first];
                 while let Ok(next) = receiver.try_recv() {
                     waiters.push(next);
                 }
-                let Some(db) = inner.upgrade().map(|inner| inner.db.clone()) else {
+                if !commit_delay.is_zero() {
+                    let deadline = tokio::time::Instant::now() + commit_delay;
+                    while intents.outstanding.load(Ordering::Acquire) > 0 {
+                        tokio::select! {
+                            next = receiver.recv() => match next {
+                                Some(next) => waiters.push(next),
+                                None => break,
+                            },
+                            () = intents.released.notified() => {}
+                            () = tokio::time::sleep_until(deadline) => break,
+                        }
+                        while let Ok(next) = receiver.try_recv() {
+                            waiters.push(next);
+                        }
+                    }
+                }
+                let Some(inner) = inner.upgrade() else {
                     break;
                 };
+                inner.flushes.fetch_add(1, Ordering::Relaxed);
+                let db = inner.db.clone();
+                drop(inner);
                 let result = match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(error)) => Err(error.to_string()),
@@ -249,13 +305,34 @@ impl Store {
         });
     }
 
+    /// Flushes made by the group-commit flusher since the store opened.
+    pub fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Announces a write that will follow shortly (see [`WriteIntent`]).
+    pub fn intend_write(&self) -> WriteIntent {
+        self.inner
+            .intents
+            .outstanding
+            .fetch_add(1, Ordering::AcqRel);
+        WriteIntent {
+            intents: self.inner.intents.clone(),
+        }
+    }
+
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_releasing(None).await
+    }
+
+    /// [`Store::flush`]; `intent` ends once the request is queued, so the flusher never
+    /// sees the writer as neither outstanding nor waiting.
+    async fn flush_releasing(&self, intent: Option<WriteIntent>) -> Result<(), StoreError> {
         let (sender, receiver) = oneshot::channel();
-        self.inner
-            .flush_requests
-            .send(sender)
-            .map_err(|_| StoreError::Closed)?;
+        let queued = self.inner.flush_requests.send(sender);
+        drop(intent);
+        queued.map_err(|_| StoreError::Closed)?;
         match receiver.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(detail)) => Err(StoreError::Io(detail)),
@@ -279,6 +356,20 @@ impl Store {
     ) -> Result<Interaction, StoreError> {
         let mut stored = self.insert_all(fingerprint, vec![(key, interaction)])?;
         self.flush().await?;
+        stored.pop().ok_or(StoreError::Closed)
+    }
+
+    /// [`Store::append`] for a writer that announced itself: the intent ends once its
+    /// flush is asked for.
+    pub async fn append_intended(
+        &self,
+        intent: WriteIntent,
+        fingerprint: u64,
+        key: MatchKey,
+        interaction: Interaction,
+    ) -> Result<Interaction, StoreError> {
+        let mut stored = self.insert_all(fingerprint, vec![(key, interaction)])?;
+        self.flush_releasing(Some(intent)).await?;
         stored.pop().ok_or(StoreError::Closed)
     }
 
@@ -894,12 +985,105 @@ mod tests {
         }
     }
 
+    /// Lets every other task on the test's single-threaded runtime run until it waits.
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Far longer than the tests' bound: a flush that waited it out would fail them.
+    const LONG_DELAY: Duration = Duration::from_secs(600);
+    const BOUND: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_flush_waits_for_announced_writers_and_covers_them_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher(LONG_DELAY);
+        let announced = store.intend_write();
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .append(1, MatchKey([1; 32]), interaction("c", 200))
+                    .await
+            }
+        });
+        settle().await;
+        assert!(
+            !early.is_finished(),
+            "the flush waits for the announced writer"
+        );
+        assert_eq!(store.flushes(), 0);
+        let late = tokio::time::timeout(
+            BOUND,
+            store.append_intended(announced, 1, MatchKey([2; 32]), interaction("c", 201)),
+        )
+        .await
+        .expect("the last announced writer ends the wait")
+        .expect("append");
+        let early = tokio::time::timeout(BOUND, early)
+            .await
+            .expect("the early writer is flushed too")
+            .expect("task")
+            .expect("append");
+        assert_ne!(early.id, late.id);
+        assert_eq!(store.flushes(), 1, "both writers shared one flush");
+        assert!(store.is_recorded("c", 1, &MatchKey([1; 32])).expect("read"));
+        assert!(store.is_recorded("c", 1, &MatchKey([2; 32])).expect("read"));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_gives_up_does_not_hold_the_flush_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher(LONG_DELAY);
+        let announced = store.intend_write();
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .append(1, MatchKey([1; 32]), interaction("c", 200))
+                    .await
+            }
+        });
+        settle().await;
+        assert!(!waiting.is_finished());
+        // Its upstream failed: nothing to store.
+        drop(announced);
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("flushed once the announcement is withdrawn")
+            .expect("task")
+            .expect("append");
+        assert_eq!(store.flushes(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lone_writer_is_flushed_without_a_delay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher(LONG_DELAY);
+        for status in [200, 201] {
+            let announced = store.intend_write();
+            tokio::time::timeout(
+                BOUND,
+                store.append_intended(announced, 1, MatchKey([1; 32]), interaction("c", status)),
+            )
+            .await
+            .expect("no other writer to wait for")
+            .expect("append");
+        }
+        assert_eq!(store.flushes(), 2);
+    }
+
     /// Lookups remember episode ids; every kind of index write must show through.
     #[tokio::test]
     async fn lookups_see_every_index_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher();
+        store.start_flusher(Duration::ZERO);
         let key = MatchKey([3; 32]);
         let policy = EpisodePolicy {
             order: ReplayOrder::First,
@@ -959,7 +1143,7 @@ mod tests {
     async fn episodes_replay_in_order_then_repeat_the_last() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher();
+        store.start_flusher(Duration::ZERO);
         let key = MatchKey([7; 32]);
         for status in [429, 200] {
             store
@@ -1007,7 +1191,7 @@ mod tests {
     async fn changed_rules_reindex_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher();
+        store.start_flusher(Duration::ZERO);
         store
             .append(1, MatchKey([1; 32]), interaction("c", 200))
             .await
@@ -1074,7 +1258,7 @@ mod tests {
     async fn compacting_on_close_keeps_everything_and_releases_the_lock() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher();
+        store.start_flusher(Duration::ZERO);
         for status in [200, 201, 202] {
             store
                 .append(1, MatchKey([status as u8; 32]), interaction("c", status))

@@ -199,8 +199,9 @@ impl Proxy {
                     sub.stored_request.body.clone(),
                 )
             });
+            let intent = self.shared.store.intend_write();
             let kept = self
-                .keep(sub, status, headers, answer.body, latency, true)
+                .keep(sub, status, headers, answer.body, latency, Some(intent))
                 .await?;
             if let Some((method, path, body)) = linted {
                 notes.extend(lint_exchange(&method, &path, &body, &kept));
