@@ -168,8 +168,13 @@ impl AuditRecord {
     /// between the final empty quotes. The writer's hot path.
     pub fn seal_to_bytes(&mut self, previous: &[u8; 32]) -> ([u8; 32], Vec<u8>) {
         const EMPTY_HASH_END: &[u8] = b"\"hash\":\"\"}";
+        /// Room for a record without bodies, so serialising rarely grows the buffer.
+        const TYPICAL_BYTES: usize = 1024;
         self.hash.clear();
-        let mut bytes = serde_json::to_vec(&*self).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(TYPICAL_BYTES);
+        if serde_json::to_writer(&mut bytes, &*self).is_err() {
+            bytes.clear();
+        }
         let digest = chain_hash(previous, &bytes);
         self.hash = hex(&digest);
         if bytes.ends_with(EMPTY_HASH_END) {

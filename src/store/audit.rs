@@ -268,7 +268,9 @@ impl AuditFiles<'_> {
             }
             None => None,
         };
-        let mut buffer = Vec::new();
+        // One allocation for the round's frames (a file switch empties it, keeping room).
+        let mut buffer =
+            Vec::with_capacity(records.iter().map(|(_, b)| FRAME_HEADER + b.len()).sum());
         for (seq, bytes) in records {
             let frame = (FRAME_HEADER + bytes.len()) as u64;
             let full = current.as_ref().is_none_or(|f| {
