@@ -389,6 +389,53 @@ async fn acknowledged_recordings_survive_sigkill() {
     }
 }
 
+/// Group commit with a commit delay: recordings in flight together share flushes, and
+/// every one is still acknowledged only once durable (the SIGKILL test covers that).
+#[tokio::test]
+async fn concurrent_recordings_share_flushes() {
+    const RECORDINGS: usize = 16;
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    std::fs::write(
+        scratch.join("group.toml"),
+        "[store]\ncommit_delay = \"100ms\"\n",
+    )
+    .expect("write config");
+    let recorder = proxy(
+        &scratch,
+        "record",
+        &upstream.url(""),
+        &["--config", &scratch.arg("group.toml")],
+    );
+    let http = Http::new();
+    let mut tasks = Vec::new();
+    for i in 0..RECORDINGS {
+        let http = http.clone();
+        let url = recorder.url(&status_path("cfg-g", &format!("dev-{i}")));
+        tasks.push(tokio::spawn(
+            async move { http.patch(&url, SEED_BODY).await },
+        ));
+    }
+    for task in tasks {
+        let answer = task.await.expect("request task");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.header("x-graphvcr-outcome"), Some("recorded"));
+    }
+    let metrics = http
+        .send("GET", &recorder.admin_url("/metrics"), &[], "")
+        .await
+        .text();
+    let flushes: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("graphvcr_store_flushes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no graphvcr_store_flushes_total in:\n{metrics}"));
+    assert!(
+        (1..RECORDINGS).contains(&flushes),
+        "{RECORDINGS} concurrent recordings took {flushes} flushes"
+    );
+}
+
 #[tokio::test]
 async fn upstream_failures_are_graph_shaped_and_the_proxy_keeps_serving() {
     let scratch = Scratch::new();
