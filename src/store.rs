@@ -996,20 +996,30 @@ mod tests {
     const LONG_DELAY: Duration = Duration::from_secs(600);
     const BOUND: Duration = Duration::from_secs(20);
 
+    fn delayed_store(dir: &Path) -> Store {
+        let store = Store::open(dir, 1 << 20).expect("open");
+        store.start_flusher(LONG_DELAY);
+        store
+    }
+
+    /// An unannounced writer appending under `MatchKey([1; 32])`, on a task of its own.
+    fn append_in_background(
+        store: &Store,
+    ) -> tokio::task::JoinHandle<Result<Interaction, StoreError>> {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(1, MatchKey([1; 32]), interaction("c", 200))
+                .await
+        })
+    }
+
     #[tokio::test]
     async fn a_flush_waits_for_announced_writers_and_covers_them_all() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher(LONG_DELAY);
+        let store = delayed_store(dir.path());
         let announced = store.intend_write();
-        let early = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .append(1, MatchKey([1; 32]), interaction("c", 200))
-                    .await
-            }
-        });
+        let early = append_in_background(&store);
         settle().await;
         assert!(
             !early.is_finished(),
@@ -1037,17 +1047,9 @@ mod tests {
     #[tokio::test]
     async fn a_writer_that_gives_up_does_not_hold_the_flush_back() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher(LONG_DELAY);
+        let store = delayed_store(dir.path());
         let announced = store.intend_write();
-        let waiting = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .append(1, MatchKey([1; 32]), interaction("c", 200))
-                    .await
-            }
-        });
+        let waiting = append_in_background(&store);
         settle().await;
         assert!(!waiting.is_finished());
         // Its upstream failed: nothing to store.
@@ -1063,8 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_writer_is_flushed_without_a_delay() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        store.start_flusher(LONG_DELAY);
+        let store = delayed_store(dir.path());
         for status in [200, 201] {
             let announced = store.intend_write();
             tokio::time::timeout(
