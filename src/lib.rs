@@ -37,6 +37,7 @@ pub mod error;
 pub mod forward;
 pub mod graph;
 pub mod har;
+pub mod logging;
 pub mod matching;
 pub mod metrics;
 pub mod observe;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use graphvcr::app::{self, AppError};
 use graphvcr::ca::CertificateAuthority;
-use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command, ExportFormat, LogFormat};
+use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command, ExportFormat};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
 use graphvcr::remote::{self, Target};
@@ -39,7 +39,7 @@ unsafe impl Sync for MallocConf {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_writer = init_tracing(cli.log_format);
+    let log_writer = graphvcr::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,66 +63,6 @@ fn main() -> ExitCode {
                 .is_some_and(|e| matches!(e, AppError::Config(_)));
             ExitCode::from(if usage { 2 } else { 1 })
         }
-    }
-}
-
-/// Lines queued for the log writer at most: about 4 MiB of text.
-const LOG_QUEUE_LINES: usize = 16 * 1024;
-
-/// Logs go to stderr through a writer thread: formatting stays on the request path, the
-/// `write` does not, and lines are buffered rather than written one syscall each. The
-/// writer is not lossy: when its queue is full, logging waits. The guard writes out what
-/// is queued when dropped.
-///
-/// The queue holds [`LOG_QUEUE_LINES`] lines, not tracing-appender's default 128,000:
-/// a slow stderr (a terminal, a pipe nobody reads fast enough) then costs a few MiB
-/// while requests wait for the writer, not ~40 MiB of queued lines.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("graphvcr-log")
-        // Buffered: the writer thread flushes after each run of queued lines, so lines that
-        // queue up together share a syscall; after each flush it lingers (see
-        // `LingeringWriter`) so that under load a run is more than a line or two.
-        .finish(LingeringWriter {
-            inner: std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()),
-        });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    guard
-}
-
-/// How long the log writer thread waits after writing a run of lines before it looks for
-/// more. The first line after a quiet spell is written at once; under load, the lines of
-/// the next few milliseconds share one `write`, and the proxy's threads queue them
-/// without waking the writer for each (a wake-up per line cost more CPU than the line's
-/// formatting: BENCHMARKS.md).
-const LOG_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// stderr, buffered, with a pause after each flush (the writer thread flushes once per
-/// run of queued lines).
-struct LingeringWriter {
-    inner: std::io::BufWriter<std::io::Stderr>,
-}
-
-impl std::io::Write for LingeringWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()?;
-        std::thread::sleep(LOG_LINGER);
-        Ok(())
     }
 }
 
