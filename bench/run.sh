@@ -11,6 +11,7 @@
 # --warmup, --subjects, --small, --large. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
+started="$(date +%s)"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 fail() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -48,4 +49,5 @@ shown="bench/run.sh${*:+ $*}"
     --work "$target/bench-work" \
     --out "$repo/BENCHMARKS.md" \
     --command "$shown" \
+    --started "$started" \
     "$@" || fail "the load benchmark failed (logs in $target/bench-work/logs)"

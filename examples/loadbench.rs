@@ -81,6 +81,10 @@ struct Options {
     /// Subjects to run (default: all), comma-separated.
     #[arg(long, value_delimiter = ',')]
     subjects: Vec<String>,
+    /// When the whole command began (Unix seconds), for the table's note on how long
+    /// it took, build included; bench/run.sh passes it.
+    #[arg(long)]
+    started: Option<u64>,
 }
 
 type Failure = String;
@@ -190,7 +194,9 @@ fn run(options: &Options) -> Result<(), Failure> {
         .map_err(|e| format!("cannot create {}: {e}", options.work.display()))?;
 
     let mut notes = Vec::new();
+    let began = Instant::now();
     let paths = prepare_data(options, &subjects, &mut notes)?;
+    let prepared = began.elapsed();
 
     let load_before = load_average();
     let mut samples: BTreeMap<Subject, Vec<Sample>> = BTreeMap::new();
@@ -222,9 +228,30 @@ fn run(options: &Options) -> Result<(), Failure> {
         "load average (1, 5, 15 min) before the runs: {load_before}; after: {}. The machine is shared: other work running at the same time lowers every subject's numbers, and the ratios less so, since runs are interleaved",
         load_average()
     ));
+    notes.push(duration_note(options.started, prepared, began.elapsed()));
     let section = render(options, &medians, &notes)?;
     println!("{section}");
     write_results(&options.out, &section)
+}
+
+/// How long the benchmark took: the whole command when its start is known (build and
+/// wrk's installation included), and the cassettes and the runs on their own.
+fn duration_note(started: Option<u64>, prepared: Duration, benchmark: Duration) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let whole = match started {
+        Some(started) if started <= now => {
+            format!("{:.1} min in all; ", (now - started) as f64 / 60.0)
+        }
+        _ => String::new(),
+    };
+    format!(
+        "duration: {whole}generating and importing the cassettes {:.0} s, the runs {:.1} min",
+        prepared.as_secs_f64(),
+        (benchmark - prepared).as_secs_f64() / 60.0
+    )
 }
 
 fn selected_subjects(options: &Options) -> Result<Vec<Subject>, Failure> {
