@@ -24,7 +24,7 @@ use crate::forward::{self, Interceptor, Target};
 use crate::graph::{self, batch, chaos::Chaos};
 use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
-use crate::record::{self, Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
+use crate::record::{Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
 use crate::server::{Handler, ResponseFuture};
 use crate::store::{EpisodePolicy, Lookup, Store, StoreError, WriteIntent};
@@ -939,7 +939,7 @@ impl Proxy {
 
 fn replayed(episode: crate::store::Episode) -> Served {
     let recorded = episode.reply.response;
-    let mut headers = record::headers_to_map(&recorded.headers);
+    let mut headers = recorded.headers;
     // A hand-edited import can carry a stale length; a wrong one would break the reply.
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         if length.to_str().ok() != Some(recorded.body.len().to_string().as_str()) {
