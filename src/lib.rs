@@ -20,6 +20,7 @@
 //! - [`error`]: the proxy's error type and its mapping to status codes.
 //! - [`audit`]: the hash-chained audit trail: records, queries, formats, the writer.
 //! - [`observe`]: the proxy's one report per exchange, to the audit and the metrics.
+//! - [`logging`]: stderr through a writer thread; the per-exchange line written directly.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`admin`]: the admin API (mode, cassettes, audit, metrics) on its own listener.
 //! - [`remote`]: the CLI's client for a running proxy's admin API.
