@@ -36,7 +36,7 @@ const LOG_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// each. The writer is not lossy: when its queue is full, logging waits. The guard
 /// writes out what is queued when dropped.
 ///
-/// The queue holds [`LOG_QUEUE_LINES`] lines, not tracing-appender's default 128,000:
+/// The queue holds `LOG_QUEUE_LINES` lines, not tracing-appender's default 128,000:
 /// a slow stderr (a terminal, a pipe nobody reads fast enough) then costs a few MiB
 /// while requests wait for the writer, not ~40 MiB of queued lines.
 pub fn init(format: LogFormat) -> WorkerGuard {
