@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, AdminParts};
 use crate::audit::{AuditError, AuditLog, AuditWriter};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Mode};
 use crate::emulate::{Emulator, EmulatorOptions};
 use crate::metrics::Metrics;
 use crate::observe::Observers;
@@ -106,6 +107,57 @@ pub struct ProxyServer {
     pub admin: Option<Running>,
     pub metrics: Metrics,
     audit: Option<AuditWriter>,
+    warming: Warming,
+}
+
+/// Replay's index of the default cassette being read into memory after start-up
+/// (`Proxy::warm`), off the runtime's threads. Stopping waits for it, since it holds a
+/// clone of the store.
+struct Warming {
+    cancelled: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Warming {
+    fn start(proxy: &Proxy) -> Self {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let defaults = proxy.defaults();
+        if !matches!(defaults.mode, Mode::Replay | Mode::Auto) {
+            return Self {
+                cancelled,
+                task: None,
+            };
+        }
+        let (proxy, flag) = (proxy.clone(), cancelled.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let cassette = defaults.cassette;
+            match proxy.warm(&cassette, &flag) {
+                Ok(0) => {}
+                Ok(requests) => tracing::info!(
+                    %cassette,
+                    requests,
+                    ms = started.elapsed().as_millis() as u64,
+                    "replay index read into memory"
+                ),
+                // Lookups read the store as they would have; the first one reports it.
+                Err(error) => {
+                    tracing::warn!(%cassette, %error, "replay index not read into memory")
+                }
+            }
+        });
+        Self {
+            cancelled,
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
 }
 
 impl ProxyServer {
@@ -127,6 +179,7 @@ impl ProxyServer {
         if let Some(audit) = self.audit {
             audit.close().await;
         }
+        self.warming.stop().await;
         drop(self.proxy);
         // Intercepted tunnels were drained with the proxy's own connections, so nothing
         // should hold a clone of the store now. Everything is flushed either way; should a
@@ -236,6 +289,7 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         pid: std::process::id(),
         admin: admin.as_ref().map(|a| format!("http://{}", a.addr)),
     });
+    let warming = Warming::start(&proxy);
     Ok(ProxyServer {
         running,
         proxy,
@@ -243,6 +297,7 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         admin,
         metrics,
         audit: audit_writer,
+        warming,
     })
 }
 

@@ -6,6 +6,7 @@
 //! error shape and marked as graphvcr's own with `x-graphvcr-outcome`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -619,6 +620,21 @@ impl Proxy {
             policy,
             target,
         }
+    }
+
+    /// Reads `cassette`'s replay index into memory (`Store::warm_episodes`) when the
+    /// store already holds it for the current rules; an index still to be built is left
+    /// to the first lookup, so this never writes. Blocking, for a thread of its own;
+    /// returns how many requests it remembered.
+    pub fn warm(&self, cassette: &str, cancelled: &AtomicBool) -> Result<usize, ProxyError> {
+        let rule_set = self.rule_set(cassette);
+        let fingerprint = rule_set.fingerprint();
+        let store = &self.shared.store;
+        if !store.index_built(cassette, fingerprint)? {
+            return Ok(0);
+        }
+        store.ensure_index(cassette, fingerprint, &|i| rule_set.key_of(i))?;
+        Ok(store.warm_episodes(cassette, fingerprint, cancelled)?)
     }
 
     fn rule_set(&self, cassette: &str) -> &RuleSet {

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -490,6 +490,16 @@ impl Store {
             .contains(&index_marker(cassette, fingerprint))
     }
 
+    /// Whether the store holds an index of `cassette` for the rules `fingerprint`, built
+    /// before (complete or not yet marked so in this process).
+    pub fn index_built(&self, cassette: &str, fingerprint: u64) -> Result<bool, StoreError> {
+        Ok(self.index_ready(cassette, fingerprint)
+            || self
+                .inner
+                .indexes
+                .contains_key(index_marker(cassette, fingerprint))?)
+    }
+
     /// Makes sure `cassette` is indexed for the rules `fingerprint`, building the index
     /// from the stored interactions (once) when the rules have changed since.
     pub fn ensure_index(
@@ -664,6 +674,74 @@ impl Store {
         }
         self.inner.episodes.put(generation, cassette, cursor, &ids);
         Ok(ids)
+    }
+
+    /// Reads the episode ids of every request of `cassette` under the rules
+    /// `fingerprint` into memory, so the first lookup of each does not read sled's
+    /// index: a test suite replays most of its requests once per run, and at 100,000
+    /// interactions an index read costs as much again as the lookup (BENCHMARKS.md).
+    /// Meant for a thread of its own after start-up; stops early once `cancelled` is
+    /// set, the cassette is written (lookups then read sled as before) or the memory's
+    /// bound is reached. Does nothing until the cassette is indexed for these rules.
+    /// Returns how many requests it remembered.
+    pub fn warm_episodes(
+        &self,
+        cassette: &str,
+        fingerprint: u64,
+        cancelled: &AtomicBool,
+    ) -> Result<usize, StoreError> {
+        /// Requests handed over per lock of the memory, which lookups share.
+        const BATCH: usize = 1024;
+        if !self.index_ready(cassette, fingerprint) {
+            return Ok(0);
+        }
+        let episodes = &self.inner.episodes;
+        let generation = episodes.generation();
+        let marker = index_marker(cassette, fingerprint);
+        let mut batch: Vec<(CursorKey, Vec<episodes::Id>)> = Vec::with_capacity(BATCH);
+        let mut current: Option<(MatchKey, Vec<episodes::Id>)> = None;
+        let mut remembered = 0;
+        let mut hand_over = |batch: &mut Vec<(CursorKey, Vec<episodes::Id>)>| {
+            let outcome = episodes.put_all(generation, cassette, batch);
+            batch.clear();
+            match outcome {
+                Some((added, room_left)) => {
+                    remembered += added;
+                    room_left && !cancelled.load(Ordering::Relaxed)
+                }
+                None => false,
+            }
+        };
+        for index_key in self.inner.index.scan_prefix(&marker).keys() {
+            let index_key = index_key?;
+            // marker, the request's 32-byte match key, the interaction's 8-byte id.
+            let Some(rest) = index_key.get(marker.len()..) else {
+                continue;
+            };
+            let (Ok(key), Ok(id)) = (
+                <[u8; 32]>::try_from(&rest[..rest.len().min(32)]),
+                <[u8; 8]>::try_from(&rest[rest.len().min(32)..]),
+            ) else {
+                continue;
+            };
+            let key = MatchKey(key);
+            match &mut current {
+                Some((same, ids)) if *same == key => ids.push(id),
+                _ => {
+                    if let Some((done, ids)) = current.replace((key, vec![id])) {
+                        batch.push((cursor_key(fingerprint, &done), ids));
+                        if batch.len() == BATCH && !hand_over(&mut batch) {
+                            return Ok(remembered);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((done, ids)) = current {
+            batch.push((cursor_key(fingerprint, &done), ids));
+        }
+        hand_over(&mut batch);
+        Ok(remembered)
     }
 
     /// Forgets how far sequential replay has got, for every cassette.
@@ -1138,6 +1216,94 @@ mod tests {
         assert_eq!(store.delete_cassette("c").await.expect("delete"), Some(1));
         assert_eq!(count(1), 0, "a deleted cassette answers nothing");
         assert!(!store.is_recorded("c", 1, &key).expect("read"));
+    }
+
+    #[tokio::test]
+    async fn warming_remembers_every_request_as_its_lookup_would() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher(Duration::ZERO);
+        let never = AtomicBool::new(false);
+        assert_eq!(
+            store.warm_episodes("c", 1, &never).expect("warm"),
+            0,
+            "not indexed yet"
+        );
+        let keys: Vec<MatchKey> = (0..1500u16)
+            .map(|n| {
+                let mut key = [0u8; 32];
+                key[..2].copy_from_slice(&n.to_be_bytes());
+                key[31] = 7;
+                MatchKey(key)
+            })
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            store
+                .append(1, *key, interaction("c", 200 + (n % 50) as u16))
+                .await
+                .expect("append");
+        }
+        // A second episode for one request, and another cassette that must stay apart.
+        store
+            .append(1, keys[3], interaction("c", 299))
+            .await
+            .expect("append");
+        store
+            .append(1, keys[0], interaction("other", 201))
+            .await
+            .expect("append");
+        let expected: Vec<Vec<episodes::Id>> = keys
+            .iter()
+            .map(|key| {
+                let prefix = episode_prefix("c", 1, key);
+                store
+                    .inner
+                    .index
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .map(|k| {
+                        let k = k.expect("index key");
+                        <[u8; 8]>::try_from(&k[k.len() - 8..]).expect("id")
+                    })
+                    .collect()
+            })
+            .collect();
+        store.inner.episodes.forget("c");
+        assert_eq!(store.warm_episodes("c", 1, &never).expect("warm"), 1500);
+        for (key, ids) in keys.iter().zip(&expected) {
+            assert_eq!(
+                store.inner.episodes.get("c", cursor_key(1, key)).as_ref(),
+                Ok(ids),
+                "remembered as the index holds it"
+            );
+        }
+        assert_eq!(expected[3].len(), 2);
+        assert!(store
+            .inner
+            .episodes
+            .get("other", cursor_key(1, &keys[0]))
+            .is_err());
+        assert_eq!(
+            store.warm_episodes("c", 1, &never).expect("warm"),
+            0,
+            "once"
+        );
+        let policy = EpisodePolicy {
+            order: ReplayOrder::Sequential,
+            exhausted: Exhausted::RepeatLast,
+            recorded_after: None,
+        };
+        match store
+            .next_episode("c", 1, &keys[3], policy)
+            .expect("lookup")
+        {
+            Lookup::Hit(episode) => assert_eq!((episode.index, episode.count), (0, 2)),
+            _ => panic!("a warmed request is found"),
+        }
+        // Cancelled before the first hand-over: the first batch is kept, no more.
+        store.inner.episodes.forget("c");
+        let cancelled = AtomicBool::new(true);
+        assert_eq!(store.warm_episodes("c", 1, &cancelled).expect("warm"), 1024);
     }
 
     #[tokio::test]

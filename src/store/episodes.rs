@@ -124,6 +124,44 @@ impl EpisodeCache {
         }
     }
 
+    /// The generation to hand to [`Self::put_all`] before reading sled's index.
+    pub(super) fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// Remembers many requests' ids under one lock, as [`Self::put`] does each: the
+    /// count of requests newly remembered and whether there is room for more. `None`
+    /// when the cassette was written since `generation` (nothing is kept then).
+    pub(super) fn put_all(
+        &self,
+        generation: u64,
+        cassette: &str,
+        entries: &[(CursorKey, Vec<Id>)],
+    ) -> Option<(usize, bool)> {
+        let mut state = self.state();
+        if state.generation != generation {
+            return None;
+        }
+        if !state.per_cassette.contains_key(cassette) {
+            state
+                .per_cassette
+                .insert(cassette.to_owned(), Cassette::default());
+        }
+        let room = LIMIT.saturating_sub(state.entries);
+        let per_cassette = state.per_cassette.get_mut(cassette)?;
+        let mut added = 0;
+        for (key, ids) in entries {
+            if added == room {
+                break;
+            }
+            if per_cassette.insert(*key, ids) {
+                added += 1;
+            }
+        }
+        state.entries += added;
+        Some((added, state.entries < LIMIT))
+    }
+
     /// Drops what is remembered of `cassette`. Call it after each write to its index.
     pub(super) fn forget(&self, cassette: &str) {
         let mut state = self.state();
@@ -179,6 +217,35 @@ mod tests {
         let after_write = cache.get("c", [1, 2]).expect_err("still empty");
         cache.put(after_write, "c", [1, 2], &[[1; 8]]);
         assert_eq!(cache.get("c", [1, 2]), Ok(vec![[1; 8]]));
+    }
+
+    #[test]
+    fn many_at_once_keep_to_the_generation_and_the_limit() {
+        let cache = EpisodeCache::new();
+        let generation = cache.generation();
+        let entries = vec![([1, 0], vec![[1; 8]]), ([2, 0], vec![[2; 8], [3; 8]])];
+        assert_eq!(cache.put_all(generation, "c", &entries), Some((2, true)));
+        assert_eq!(
+            cache.put_all(generation, "c", &entries),
+            Some((0, true)),
+            "kept once"
+        );
+        assert_eq!(cache.get("c", [2, 0]), Ok(vec![[2; 8], [3; 8]]));
+        cache.forget("d");
+        assert_eq!(
+            cache.put_all(generation, "c", &entries),
+            None,
+            "written since"
+        );
+        let many: Vec<_> = (0..LIMIT as u64 + 10)
+            .map(|n| ([n, 9], vec![[1; 8]]))
+            .collect();
+        assert_eq!(
+            cache.put_all(cache.generation(), "c", &many),
+            Some((LIMIT - 2, false)),
+            "full"
+        );
+        assert_eq!(cache.entries(), LIMIT);
     }
 
     #[test]

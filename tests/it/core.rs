@@ -142,6 +142,48 @@ async fn identical_requests_replay_as_episodes_in_recorded_order() {
     );
 }
 
+/// A replay or auto proxy reads its default cassette's index into memory after it
+/// starts; what is recorded afterwards must still be replayed as the next episode.
+#[tokio::test]
+async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let (first, second) = (status_path("cfg-w", "dev-1"), status_path("cfg-w", "dev-2"));
+    {
+        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
+        for path in [&first, &second] {
+            let reply = http.patch(&recorder.url(path), SEED_BODY).await;
+            assert_eq!(reply.status, 200);
+        }
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
+    }
+    let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
+    assert!(
+        auto.wait_for_log("replay index read into memory cassette=default requests=2"),
+        "{}",
+        auto.stderr()
+    );
+    let mut seen = Vec::new();
+    for (path, mode) in [(&first, "replay"), (&second, "record"), (&second, "replay")] {
+        let reply = http
+            .patch_with(&auto.url(path), &[("x-graphvcr-mode", mode)], SEED_BODY)
+            .await;
+        seen.push((
+            reply.status.as_u16(),
+            reply.header("x-graphvcr-outcome").unwrap_or("-").to_owned(),
+            reply.header("x-graphvcr-episode").unwrap_or("-").to_owned(),
+        ));
+    }
+    let expected = [
+        (200, "replayed", "1/1"),
+        (200, "recorded", "-"),
+        (200, "replayed", "1/2"),
+    ]
+    .map(|(status, outcome, episode)| (status, outcome.to_owned(), episode.to_owned()));
+    assert_eq!(seen, expected, "{}", auto.stderr());
+}
+
 /// A running proxy remembers the episodes of a request once replayed; a recording made
 /// afterwards through the same proxy must still be replayed as the next episode.
 #[tokio::test]
