@@ -111,7 +111,7 @@ pub struct ProxyServer {
 }
 
 /// Replay's index of the default cassette being read into memory after start-up
-/// (`Proxy::warm`), off the runtime's threads. Stopping waits for it, since it holds a
+/// (`Proxy::warm`, `store.warm_index`), off the runtime's threads. Stopping waits for it, since it holds a
 /// clone of the store.
 struct Warming {
     cancelled: Arc<AtomicBool>,
@@ -119,10 +119,10 @@ struct Warming {
 }
 
 impl Warming {
-    fn start(proxy: &Proxy) -> Self {
+    fn start(proxy: &Proxy, enabled: bool) -> Self {
         let cancelled = Arc::new(AtomicBool::new(false));
         let defaults = proxy.defaults();
-        if !matches!(defaults.mode, Mode::Replay | Mode::Auto) {
+        if !enabled || !matches!(defaults.mode, Mode::Replay | Mode::Auto) {
             return Self {
                 cancelled,
                 task: None,
@@ -289,7 +289,7 @@ pub async fn start_proxy(config: &Config) -> Result<ProxyServer, AppError> {
         pid: std::process::id(),
         admin: admin.as_ref().map(|a| format!("http://{}", a.addr)),
     });
-    let warming = Warming::start(&proxy);
+    let warming = Warming::start(&proxy, config.store.warm_index);
     Ok(ProxyServer {
         running,
         proxy,

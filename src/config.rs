@@ -203,6 +203,8 @@ pub struct StoreConfig {
     pub cache_capacity_bytes: u64,
     /// How long a flush waits for other recordings in flight to join it (zero: never).
     pub commit_delay: Duration,
+    /// Read the default cassette's replay index into memory after start-up.
+    pub warm_index: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +307,7 @@ pub struct FileStore {
     pub path: Option<PathBuf>,
     pub cache_capacity_mb: Option<u64>,
     pub commit_delay: Option<String>,
+    pub warm_index: Option<bool>,
 }
 
 impl FileConfig {
@@ -503,6 +506,7 @@ impl Config {
                     * 1024
                     * 1024,
                 commit_delay: commit_delay(store.commit_delay.as_deref())?,
+                warm_index: store.warm_index.unwrap_or(false),
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
@@ -714,6 +718,18 @@ mod tests {
         assert_eq!(config.proxy.mode, Mode::Record);
         assert_eq!(config.proxy.cassette, "flag");
         assert_eq!(config.proxy.listen.port(), 9);
+    }
+
+    #[test]
+    fn reading_the_index_at_start_up_is_off_unless_asked_for() {
+        let default = resolve(ServeArgs::default(), "").expect("defaults");
+        assert!(!default.store.warm_index);
+        let on = resolve(ServeArgs::default(), "[store]\nwarm_index = true\n").expect("on");
+        assert!(on.store.warm_index);
+        let error = resolve(ServeArgs::default(), "[store]\nwarm_index = \"yes\"\n")
+            .expect_err("not a boolean")
+            .to_string();
+        assert!(error.contains("warm_index"), "{error}");
     }
 
     #[test]

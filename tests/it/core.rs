@@ -158,7 +158,8 @@ async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
         }
         assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
-    let auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
+    let warm = write_config(&scratch, "warm.toml", "[store]\nwarm_index = true\n");
+    let auto = proxy(&scratch, "auto", &upstream.url(""), &["--config", &warm]);
     assert!(
         auto.wait_for_log("replay index read into memory cassette=default requests=2"),
         "{}",
