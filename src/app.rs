@@ -111,8 +111,8 @@ pub struct ProxyServer {
 }
 
 /// Replay's index of the default cassette being read into memory after start-up
-/// (`Proxy::warm`, `store.warm_index`), off the runtime's threads. Stopping waits for it, since it holds a
-/// clone of the store.
+/// (`Proxy::warm`, `store.warm_index`), off the runtime's threads. Stopping waits for
+/// it, since it holds a clone of the store.
 struct Warming {
     cancelled: Arc<AtomicBool>,
     task: Option<JoinHandle<()>>,
