@@ -159,7 +159,7 @@ async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
         assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
     let warm = write_config(&scratch, "warm.toml", "[store]\nwarm_index = true\n");
-    let auto = proxy(&scratch, "auto", &upstream.url(""), &["--config", &warm]);
+    let mut auto = proxy(&scratch, "auto", &upstream.url(""), &["--config", &warm]);
     assert!(
         auto.wait_for_log("replay index read into memory cassette=default requests=2"),
         "{}",
@@ -183,6 +183,9 @@ async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
     ]
     .map(|(status, outcome, episode)| (status, outcome.to_owned(), episode.to_owned()));
     assert_eq!(seen, expected, "{}", auto.stderr());
+    // The reader held a clone of the store: shutdown still releases and compacts it.
+    assert!(auto.terminate().success(), "{}", auto.stderr());
+    assert!(!auto.stderr().contains("still in use"), "{}", auto.stderr());
 }
 
 /// A running proxy remembers the episodes of a request once replayed; a recording made
