@@ -715,13 +715,13 @@ impl Store {
         for index_key in self.inner.index.scan_prefix(&marker).keys() {
             let index_key = index_key?;
             // marker, the request's 32-byte match key, the interaction's 8-byte id.
-            let Some(rest) = index_key.get(marker.len()..) else {
+            let Some((key, id)) = index_key
+                .get(marker.len()..)
+                .and_then(|rest| rest.split_at_checked(32))
+            else {
                 continue;
             };
-            let (Ok(key), Ok(id)) = (
-                <[u8; 32]>::try_from(&rest[..rest.len().min(32)]),
-                <[u8; 8]>::try_from(&rest[rest.len().min(32)..]),
-            ) else {
+            let (Ok(key), Ok(id)) = (<[u8; 32]>::try_from(key), <[u8; 8]>::try_from(id)) else {
                 continue;
             };
             let key = MatchKey(key);

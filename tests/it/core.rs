@@ -397,22 +397,30 @@ async fn credentials_never_reach_the_store_or_the_log() {
     assert!(!export.contains(token));
 }
 
+/// PATCHes `count` device statuses (`dev-0`, `dev-1`, …) of `config` through `proxy`,
+/// all in flight together; the answers in that order.
+async fn patch_all_at_once(http: &Http, proxy: &Proc, config: &str, count: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let http = http.clone();
+            let url = proxy.url(&status_path(config, &format!("dev-{i}")));
+            tokio::spawn(async move { http.patch(&url, SEED_BODY).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(count);
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
+
 #[tokio::test]
 async fn acknowledged_recordings_survive_sigkill() {
     let scratch = Scratch::new();
     let mut upstream = emulator(&scratch);
     let http = Http::new();
     let mut recorder = proxy(&scratch, "record", &upstream.url(""), &[]);
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let http = http.clone();
-        let url = recorder.url(&status_path("cfg-k", &format!("dev-{i}")));
-        tasks.push(tokio::spawn(
-            async move { http.patch(&url, SEED_BODY).await },
-        ));
-    }
-    for task in tasks {
-        let answer = task.await.expect("request task");
+    for answer in patch_all_at_once(&http, &recorder, "cfg-k", 40).await {
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
     // Right after the last response: no graceful shutdown, no final flush.
@@ -442,28 +450,14 @@ async fn concurrent_recordings_share_flushes() {
     const RECORDINGS: usize = 16;
     let scratch = Scratch::new();
     let upstream = emulator(&scratch);
-    std::fs::write(
-        scratch.join("group.toml"),
-        "[store]\ncommit_delay = \"100ms\"\n",
-    )
-    .expect("write config");
-    let recorder = proxy(
+    let group = write_config(
         &scratch,
-        "record",
-        &upstream.url(""),
-        &["--config", &scratch.arg("group.toml")],
+        "group.toml",
+        "[store]\ncommit_delay = \"100ms\"\n",
     );
+    let recorder = proxy(&scratch, "record", &upstream.url(""), &["--config", &group]);
     let http = Http::new();
-    let mut tasks = Vec::new();
-    for i in 0..RECORDINGS {
-        let http = http.clone();
-        let url = recorder.url(&status_path("cfg-g", &format!("dev-{i}")));
-        tasks.push(tokio::spawn(
-            async move { http.patch(&url, SEED_BODY).await },
-        ));
-    }
-    for task in tasks {
-        let answer = task.await.expect("request task");
+    for answer in patch_all_at_once(&http, &recorder, "cfg-g", RECORDINGS).await {
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.header("x-graphvcr-outcome"), Some("recorded"));
     }
