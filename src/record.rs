@@ -239,8 +239,26 @@ impl StoredReply {
 
 impl Interaction {
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serialising plain data with string keys cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized up front: growing a Vec from serde_json's default capacity to a recorded
+        // exchange's couple of KiB copied it several times over.
+        let headers = |headers: &[Header]| -> usize {
+            headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 32)
+                .sum()
+        };
+        let estimate = 256
+            + self.cassette.len()
+            + self.request.uri.len()
+            + headers(&self.request.headers)
+            + headers(&self.response.headers)
+            + (self.request.body.len() + self.response.body.len()) * 4 / 3;
+        let mut bytes = Vec::with_capacity(estimate);
+        // Serialising plain data with string keys into a Vec cannot fail.
+        if serde_json::to_writer(&mut bytes, self).is_err() {
+            bytes.clear();
+        }
+        bytes
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {

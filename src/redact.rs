@@ -418,6 +418,22 @@ mod tests {
             Some("a bearer token in the response body"),
         );
         check("/x", "Bearer [REDACTED]", None);
+        check(
+            "/x?SIG=abcdefghijklmnop1234",
+            "",
+            Some("a SAS signature in the request target"),
+        );
+        check(
+            "/x",
+            "BEARER abcdefghijklmnopqrstuvwxyz",
+            Some("a bearer token in the response body"),
+        );
+        // A text with two kinds names the first in the patterns' order.
+        check(
+            "/x",
+            &format!("client_secret=abc Authorization: Bearer {jwt}"),
+            Some("a JWT in the response body"),
+        );
     }
 
     #[test]

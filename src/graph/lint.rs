@@ -49,20 +49,24 @@ pub fn exchange(
     if !(200..300).contains(&status) || response_body.is_empty() {
         return findings;
     }
-    let Ok(body) = serde_json::from_slice::<Value>(response_body) else {
+    let Ok(mut body) = serde_json::from_slice::<Value>(response_body) else {
         return findings;
     };
-    let entities: Vec<(String, &Value)> = match (&route.status_id, body.get("value")) {
-        (None, Some(Value::Array(items))) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (format!("/value/{i}"), item))
-            .collect(),
-        (Some(_), _) => vec![(String::new(), &body)],
+    let entities: Vec<(String, &mut Value)> = match (&route.status_id, &mut body) {
+        (None, Value::Object(map)) => match map.get_mut("value") {
+            Some(Value::Array(items)) => items
+                .iter_mut()
+                .enumerate()
+                .map(|(i, item)| (format!("/value/{i}"), item))
+                .collect(),
+            _ => Vec::new(),
+        },
+        (Some(_), body) => vec![(String::new(), body)],
         _ => Vec::new(),
     };
     for (prefix, entity) in entities {
-        for violation in validate_device_status(&without_annotations(entity), route.version) {
+        strip_annotations(entity);
+        for violation in validate_device_status(entity, route.version) {
             findings.push(Finding {
                 side: "response",
                 violation: SchemaViolation {
@@ -76,16 +80,11 @@ pub fn exchange(
 }
 
 /// Instance annotations (`@odata.context`, `@odata.etag`, …) are not properties; the
-/// schema check sees everything else, including `@odata.type`.
-fn without_annotations(entity: &Value) -> Value {
-    match entity {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(name, _)| !name.starts_with("@odata.") || *name == "@odata.type")
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
+/// schema check sees everything else, including `@odata.type`. Removed in place: the
+/// parsed body is the lint's own.
+fn strip_annotations(entity: &mut Value) {
+    if let Value::Object(map) = entity {
+        map.retain(|name, _| !name.starts_with("@odata.") || name == "@odata.type");
     }
 }
 

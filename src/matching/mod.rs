@@ -176,43 +176,42 @@ impl Normalized {
     /// The store's index key. Fields are framed with separators that cannot occur in
     /// them, so two different requests cannot produce the same pre-image.
     pub fn key(&self) -> MatchKey {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(self.method.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(self.host.as_deref().unwrap_or("").as_bytes());
-        hasher.update(b"\0");
-        hasher.update(self.path.as_bytes());
-        hasher.update(b"\0");
+        // The pre-image is gathered first and hashed in one call: blake3's per-call cost
+        // dominates for fragments this small. Same bytes, so the same key as hashing
+        // fragment by fragment.
+        let mut image = Vec::with_capacity(512);
+        image.extend_from_slice(self.method.as_bytes());
+        image.push(0);
+        image.extend_from_slice(self.host.as_deref().unwrap_or("").as_bytes());
+        image.push(0);
+        image.extend_from_slice(self.path.as_bytes());
+        image.push(0);
         for (name, value) in &self.query {
-            hasher.update(name.as_bytes());
-            hasher.update(b"=");
-            hasher.update(value.as_bytes());
-            hasher.update(b"&");
+            image.extend_from_slice(name.as_bytes());
+            image.push(b'=');
+            image.extend_from_slice(value.as_bytes());
+            image.push(b'&');
         }
-        hasher.update(b"\0");
+        image.push(0);
         for (name, value) in &self.headers {
-            hasher.update(name.as_bytes());
-            hasher.update(b":");
-            hasher.update(value.as_bytes());
-            hasher.update(b"\n");
+            image.extend_from_slice(name.as_bytes());
+            image.push(b':');
+            image.extend_from_slice(value.as_bytes());
+            image.push(b'\n');
         }
-        hasher.update(b"\0");
+        image.push(0);
         match &self.body {
-            NormalBody::Empty => {
-                hasher.update(b"e");
-            }
+            NormalBody::Empty => image.push(b'e'),
             NormalBody::Json(value) => {
-                hasher.update(b"j");
-                let mut text = Vec::with_capacity(256);
-                write_canonical(value, &mut text);
-                hasher.update(&text);
+                image.push(b'j');
+                write_canonical(value, &mut image);
             }
             NormalBody::Bytes(bytes) => {
-                hasher.update(b"b");
-                hasher.update(bytes);
+                image.push(b'b');
+                image.extend_from_slice(bytes);
             }
         }
-        MatchKey(*hasher.finalize().as_bytes())
+        MatchKey(*blake3::hash(&image).as_bytes())
     }
 }
 
@@ -680,6 +679,44 @@ mod tests {
     }
 
     const JSON: Option<&str> = Some("application/json");
+
+    /// Stored indexes are keyed by this hash: a change to it would orphan every index
+    /// already on disk, so it is pinned for each kind of body.
+    #[test]
+    fn match_keys_are_stable_across_releases() {
+        let normalized = |body: NormalBody| Normalized {
+            method: "PATCH".to_owned(),
+            host: Some("graph.microsoft.com".to_owned()),
+            path: "/v1.0/deviceManagement/deviceConfigurations/c/deviceStatuses/d".to_owned(),
+            query: vec![
+                ("$select".to_owned(), "id".to_owned()),
+                ("a".to_owned(), String::new()),
+            ],
+            headers: vec![("consistencylevel".to_owned(), "eventual".to_owned())],
+            body,
+        };
+        let json: Value = serde_json::from_str(
+            r#"{"status":"compliant","userName":"Ünïcode \"q\"","n":[1,2.5,null,true]}"#,
+        )
+        .expect("valid JSON");
+        let hex = |body| {
+            let MatchKey(bytes) = normalized(body).key();
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let keys = [
+            hex(NormalBody::Empty),
+            hex(NormalBody::Json(json)),
+            hex(NormalBody::Bytes(Bytes::from_static(b"\x00\xffraw"))),
+        ];
+        assert_eq!(
+            keys,
+            [
+                "3744d87166dca62d64adfcd700d787010beeebf6bab5c79c3fa2863d8955fbf7",
+                "b81892ca82b18a257f27f16736161990b5b5503fc63f1c600bd4327cd12dcaa7",
+                "cb19dd5304a1116d65a24da8df2cda177bd765fced6f243e6d02e164bf33367b",
+            ]
+        );
+    }
 
     #[test]
     fn matching_table() {
