@@ -488,12 +488,15 @@ impl State {
             return Ok(None);
         };
         let newest = i + 1 == files.len();
-        let records = self.store.audit().file_records(file, newest)?;
-        let end = records.last().and_then(|(seq, bytes)| {
-            RecordStamp::from_bytes(bytes)
-                .ok()
-                .map(|stamp| (*seq, stamp))
-        });
+        let end = self
+            .store
+            .audit()
+            .file_last(file, newest)?
+            .and_then(|(seq, bytes)| {
+                RecordStamp::from_bytes(&bytes)
+                    .ok()
+                    .map(|stamp| (seq, stamp))
+            });
         // A closed file's end never changes: read once, not at every retention pass.
         if let (false, Some((seq, stamp))) = (newest, &end) {
             self.file_ends.insert(*seq, stamp.clone());

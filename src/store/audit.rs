@@ -30,7 +30,7 @@
 //! [`LEGACY_TREE`]; [`migrate_legacy`] moves it here once, when the store opens.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -91,6 +91,56 @@ struct Scan {
     stop: Option<Stop>,
 }
 
+/// A frame header's sequence number, length and checksum.
+fn frame_header(header: &[u8]) -> (u64, u32, u32) {
+    let field = |range: std::ops::Range<usize>| header.get(range).unwrap_or(&[]);
+    (
+        u64::from_be_bytes(field(0..8).try_into().unwrap_or([0; 8])),
+        u32::from_be_bytes(field(8..12).try_into().unwrap_or([0; 4])),
+        u32::from_be_bytes(field(12..16).try_into().unwrap_or([0; 4])),
+    )
+}
+
+/// [`scan`]'s last record and stop for a file of `size` bytes, read a frame at a time:
+/// retention needs only a file's last record, and reading a whole file and copying out
+/// its records made each pruning a spike of twice the file's size in the proxy's memory.
+fn last_frame(mut reader: impl Read, size: u64) -> std::io::Result<LastFrame> {
+    let mut last: Option<(u64, Vec<u8>)> = None;
+    let mut body = Vec::new();
+    let mut at = 0u64;
+    let mut header = [0u8; FRAME_HEADER];
+    let stop = loop {
+        if at == size {
+            break None;
+        }
+        if size - at < FRAME_HEADER as u64 {
+            break Some(Stop::CutShort);
+        }
+        reader.read_exact(&mut header)?;
+        let (seq, len, crc) = frame_header(&header);
+        at += FRAME_HEADER as u64;
+        // Checked against the size before allocating: a damaged length is not a request
+        // for gigabytes.
+        if size - at < u64::from(len) {
+            break Some(Stop::CutShort);
+        }
+        body.resize(len as usize, 0);
+        reader.read_exact(&mut body)?;
+        at += u64::from(len);
+        if frame_crc(seq, len, &body) != crc {
+            break Some(Stop::Checksum);
+        }
+        // The previous frame's buffer takes the next frame.
+        if let Some((_, buffer)) = last.replace((seq, std::mem::take(&mut body))) {
+            body = buffer;
+        }
+    };
+    Ok((last, stop))
+}
+
+/// A file's last whole record, and where its frames stop early if they do.
+type LastFrame = (Option<(u64, Vec<u8>)>, Option<Stop>);
+
 fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut at = 0;
@@ -98,9 +148,7 @@ fn scan(data: &[u8]) -> Scan {
         let Some(header) = data.get(at..at + FRAME_HEADER) else {
             break (at < data.len()).then_some(Stop::CutShort);
         };
-        let seq = u64::from_be_bytes(header[..8].try_into().unwrap_or([0; 8]));
-        let len = u32::from_be_bytes(header[8..12].try_into().unwrap_or([0; 4]));
-        let crc = u32::from_be_bytes(header[12..16].try_into().unwrap_or([0; 4]));
+        let (seq, len, crc) = frame_header(header);
         let start = at + FRAME_HEADER;
         let Some(bytes) = data.get(start..start + len as usize) else {
             break Some(Stop::CutShort);
@@ -217,12 +265,17 @@ impl AuditFiles<'_> {
         let Some(read) = self.read(file)? else {
             return Ok((Vec::new(), None));
         };
-        let damage = match read.stop {
+        Ok((read.records, self.damage(file, read.stop, newest)))
+    }
+
+    /// Where a file's frames stop, as damage: a frame cut short at the end of the newest
+    /// file is none but a write in progress (or a crash's torn tail).
+    fn damage(&self, file: &LogFile, stop: Option<Stop>, newest: bool) -> Option<StoreError> {
+        match stop {
             None => None,
             Some(Stop::CutShort) if newest => None,
             Some(stop) => Some(self.damaged(file, stop)),
-        };
-        Ok((read.records, damage))
+        }
     }
 
     /// A file's records; damage is an error.
@@ -409,9 +462,32 @@ impl AuditFiles<'_> {
         error.into_iter().map(Err).chain(per_file)
     }
 
-    /// A file's records (for retention, which needs a file's newest record).
-    pub fn file_records(&self, file: &LogFile, newest: bool) -> Result<Records, StoreError> {
-        self.read_checked(file, newest)
+    /// A file's last record (retention needs only that of a file it deletes), read
+    /// through a small buffer; damage is an error. `None` if the file is empty or gone.
+    pub fn file_last(
+        &self,
+        file: &LogFile,
+        newest: bool,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let handle = match File::open(&file.path) {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("cannot read", &file.path, e)),
+        };
+        let size = handle
+            .metadata()
+            .map_err(|e| io("cannot read the size of", &file.path, e))?
+            .len();
+        let (last, stop) = match last_frame(BufReader::with_capacity(64 << 10, handle), size) {
+            Ok(read) => read,
+            // Shorter than its size said: cut while being read, as a repair does.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => (None, Some(Stop::CutShort)),
+            Err(e) => return Err(io("cannot read", &file.path, e)),
+        };
+        match self.damage(file, stop, newest) {
+            None => Ok(last),
+            Some(damage) => Err(damage),
+        }
     }
 
     /// The newest record.
@@ -419,7 +495,7 @@ impl AuditFiles<'_> {
         let files = self.files()?;
         let newest = files.len().saturating_sub(1);
         for (i, file) in files.iter().enumerate().rev() {
-            if let Some(last) = self.read_checked(file, i == newest)?.pop() {
+            if let Some(last) = self.file_last(file, i == newest)? {
                 return Ok(Some(last));
             }
         }
@@ -830,6 +906,7 @@ mod tests {
         push_frame(&mut frame, 4, &[4; 50]);
         append_raw(&path, &frame[..30]);
         assert_eq!(read_all(&audit), records(1..=3, 50));
+        assert_eq!(audit.last().expect("last"), Some((3, vec![3; 50])));
         assert_eq!(audit.repair_tail().expect("repair"), 30);
         assert_eq!(fs::metadata(&path).expect("size").len(), whole);
 
@@ -873,6 +950,19 @@ mod tests {
         assert!(
             matches!(results.as_slice(), [Err(_), Ok(_), Ok(_)]),
             "{results:?}"
+        );
+        // Retention reading the damaged file's last record gets the damage too.
+        let files = audit.files().expect("files");
+        assert!(
+            matches!(
+                audit.file_last(&files[0], false),
+                Err(StoreError::Decode { .. })
+            ),
+            "an older file cut short is damage"
+        );
+        assert_eq!(
+            audit.file_last(&files[2], true).expect("newest reads"),
+            Some((6, vec![6]))
         );
     }
 
@@ -921,6 +1011,14 @@ mod tests {
             let scan = scan(&data);
             assert!(scan.valid <= data.len());
             assert_eq!(scan.stop.is_none(), scan.valid == data.len());
+            // Reading a frame at a time finds the same last record and the same stop.
+            let (last, stop) = last_frame(&data[..], data.len() as u64).expect("reads from memory");
+            let scanned_last = scan
+                .records
+                .last()
+                .map(|(seq, range)| (*seq, data[range.clone()].to_vec()));
+            assert_eq!(last, scanned_last);
+            assert_eq!(stop, scan.stop);
             for (seq, range) in &scan.records {
                 assert!(range.end <= scan.valid);
                 if round % 3 != 2 {
