@@ -36,6 +36,9 @@ pub mod defaults {
     pub const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
     pub const STORE: &str = "cassettes/store";
     pub const CACHE_CAPACITY_MB: u64 = 4;
+    /// Replay reads the default cassette's index into memory after start-up: its cost in
+    /// peak memory fits the 4 MiB cache's budget (BENCHMARKS.md, items 27 and 28).
+    pub const WARM_INDEX: bool = true;
     /// Long enough for a few concurrent recordings to share a flush, short next to the
     /// flush itself and to an upstream round trip.
     pub const COMMIT_DELAY: &str = "2ms";
@@ -506,7 +509,7 @@ impl Config {
                     * 1024
                     * 1024,
                 commit_delay: commit_delay(store.commit_delay.as_deref())?,
-                warm_index: store.warm_index.unwrap_or(false),
+                warm_index: store.warm_index.unwrap_or(defaults::WARM_INDEX),
             },
             matching: matching.resolve()?,
             sanitize: sanitize.resolve()?,
@@ -721,11 +724,11 @@ mod tests {
     }
 
     #[test]
-    fn reading_the_index_at_start_up_is_off_unless_asked_for() {
+    fn reading_the_index_at_start_up_is_on_unless_turned_off() {
         let default = resolve(ServeArgs::default(), "").expect("defaults");
-        assert!(!default.store.warm_index);
-        let on = resolve(ServeArgs::default(), "[store]\nwarm_index = true\n").expect("on");
-        assert!(on.store.warm_index);
+        assert!(default.store.warm_index);
+        let off = resolve(ServeArgs::default(), "[store]\nwarm_index = false\n").expect("off");
+        assert!(!off.store.warm_index);
         let error = resolve(ServeArgs::default(), "[store]\nwarm_index = \"yes\"\n")
             .expect_err("not a boolean")
             .to_string();

@@ -143,7 +143,8 @@ async fn identical_requests_replay_as_episodes_in_recorded_order() {
 }
 
 /// A replay or auto proxy reads its default cassette's index into memory after it
-/// starts; what is recorded afterwards must still be replayed as the next episode.
+/// starts (unless `store.warm_index = false`); what is recorded afterwards must still be
+/// replayed as the next episode.
 #[tokio::test]
 async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
     let scratch = Scratch::new();
@@ -158,8 +159,18 @@ async fn the_index_read_at_start_up_stays_true_to_new_recordings() {
         }
         assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
-    let warm = write_config(&scratch, "warm.toml", "[store]\nwarm_index = true\n");
-    let mut auto = proxy(&scratch, "auto", &upstream.url(""), &["--config", &warm]);
+    let cold = write_config(&scratch, "cold.toml", "[store]\nwarm_index = false\n");
+    let mut replay = proxy(&scratch, "replay", &upstream.url(""), &["--config", &cold]);
+    let reply = http.patch(&replay.url(&first), SEED_BODY).await;
+    assert_eq!(reply.header("x-graphvcr-outcome"), Some("replayed"));
+    assert!(replay.terminate().success(), "{}", replay.stderr());
+    assert!(
+        !replay.stderr().contains("replay index read into memory"),
+        "turned off, nothing is read at start-up: {}",
+        replay.stderr()
+    );
+    // On by default.
+    let mut auto = proxy(&scratch, "auto", &upstream.url(""), &[]);
     assert!(
         auto.wait_for_log("replay index read into memory cassette=default requests=2"),
         "{}",
