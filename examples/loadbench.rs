@@ -13,7 +13,9 @@
 //! - `passthrough`: `graphvcr serve --mode passthrough` in front of the emulator.
 //!
 //! Measured per subject and run: requests/s, p50 and p99 latency and errors at
-//! concurrency 1 and 64, peak RSS (`VmHWM`), and start-up time (spawn to the
+//! concurrency 1 and 64, the subject's CPU time per request (its own process only, from
+//! `/proc/<pid>/stat`) and the share of the machine's CPU time the host took (steal, from
+//! `/proc/stat`) during each load, peak RSS (`VmHWM`), and start-up time (spawn to the
 //! `listening on` line). The table holds the median of the runs.
 
 use std::collections::BTreeMap;
@@ -165,6 +167,11 @@ struct Load {
     /// Responses with a status above 399 (replay misses, 599, included).
     error_statuses: u64,
     requests: u64,
+    /// The subject's CPU time (user + system, all threads) per completed request.
+    cpu_us_per_request: f64,
+    /// Share of the machine's CPU time taken by the host during the load (steal): how much
+    /// a virtual machine's neighbours disturbed this measurement.
+    steal_percent: f64,
 }
 
 /// One start of one subject.
@@ -593,6 +600,10 @@ impl Process {
         })
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak resident set size so far, from /proc.
     fn peak_rss_kib(&self) -> Result<u64, Failure> {
         let path = format!("/proc/{}/status", self.child.id());
@@ -746,10 +757,10 @@ fn measure(
     preflight(&process, requests, subject)?;
     let url = format!("http://{}", process.addr);
     if options.warmup > 0 {
-        wrk(options, &url, requests, 64, options.warmup)?;
+        wrk(options, &url, requests, 64, options.warmup, process.pid())?;
     }
-    let c1 = wrk(options, &url, requests, 1, options.duration)?;
-    let c64 = wrk(options, &url, requests, 64, options.duration)?;
+    let c1 = wrk(options, &url, requests, 1, options.duration, process.pid())?;
+    let c64 = wrk(options, &url, requests, 64, options.duration, process.pid())?;
     let peak_rss_kib = process.peak_rss_kib()?;
     let log = process.log.clone();
     let status = process.stop()?;
@@ -826,8 +837,11 @@ fn wrk(
     requests: &Path,
     connections: u32,
     seconds: u32,
+    subject_pid: u32,
 ) -> Result<Load, Failure> {
     let threads = connections.min(2);
+    let cpu_before = process_cpu_ticks(subject_pid)?;
+    let machine_before = machine_ticks()?;
     let output = Command::new("wrk")
         .arg("-t")
         .arg(threads.to_string())
@@ -846,6 +860,12 @@ fn wrk(
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let cpu_ticks = process_cpu_ticks(subject_pid)?.saturating_sub(cpu_before);
+    let machine = machine_ticks()?;
+    let (steal, total) = (
+        machine.steal.saturating_sub(machine_before.steal),
+        machine.total.saturating_sub(machine_before.total),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let Some(json) = stdout
         .lines()
@@ -872,7 +892,70 @@ fn wrk(
             as u64,
         error_statuses: number("status") as u64,
         requests: number("requests") as u64,
+        cpu_us_per_request: cpu_ticks as f64 * 1e6
+            / clock_ticks_per_second()
+            / number("requests").max(1.0),
+        steal_percent: if total == 0 {
+            0.0
+        } else {
+            steal as f64 * 100.0 / total as f64
+        },
     })
+}
+
+/// User + system time of a process and all its threads so far, in clock ticks.
+fn process_cpu_ticks(pid: u32) -> Result<u64, Failure> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
+    let tick = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => Ok(user + system),
+        _ => Err(format!("unexpected contents of {path}: {text:?}")),
+    }
+}
+
+struct MachineTicks {
+    steal: u64,
+    total: u64,
+}
+
+/// The machine's CPU time so far (all CPUs), and the part of it the host took.
+fn machine_ticks() -> Result<MachineTicks, Failure> {
+    let text = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| format!("cannot read /proc/stat: {e}"))?;
+    let counters: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    // already counted in user and nice.
+    if counters.len() < 8 {
+        return Err(format!("unexpected first line in /proc/stat: {text:.80?}"));
+    }
+    Ok(MachineTicks {
+        steal: counters[7],
+        total: counters[..8].iter().sum(),
+    })
+}
+
+fn clock_ticks_per_second() -> f64 {
+    command_output("getconf", &["CLK_TCK"])
+        .parse::<f64>()
+        .ok()
+        .filter(|ticks| *ticks > 0.0)
+        .unwrap_or(100.0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -897,6 +980,8 @@ fn median_load(loads: &[Load]) -> Load {
         socket_errors: loads.iter().map(|l| l.socket_errors).sum(),
         error_statuses: loads.iter().map(|l| l.error_statuses).sum(),
         requests: loads.iter().map(|l| l.requests).sum(),
+        cpu_us_per_request: pick(|l| l.cpu_us_per_request),
+        steal_percent: pick(|l| l.steal_percent),
     }
 }
 
@@ -1126,11 +1211,11 @@ fn render(
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| subject | what | conc. | req/s | p50 ms | p99 ms | errors (socket + ≥400) / requests | × ceiling | × emulator | peak RSS MiB | start-up ms |"
+        "| subject | what | conc. | req/s | p50 ms | p99 ms | errors (socket + ≥400) / requests | × ceiling | × emulator | CPU µs/req | host steal % | peak RSS MiB | start-up ms |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let ceiling = medians.get(&Subject::Ceiling);
     let emulator = medians.get(&Subject::Emulator);
@@ -1151,7 +1236,7 @@ fn render(
         ] {
             let _ = writeln!(
                 out,
-                "| {} | {} | {level} | {:.0} | {:.3} | {:.3} | {} + {} / {} | {} | {} | {:.1} | {:.1} |",
+                "| {} | {} | {level} | {:.0} | {:.3} | {:.3} | {} + {} / {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 subject.name(),
                 subject.describe(options),
                 load.requests_per_second,
@@ -1162,6 +1247,8 @@ fn render(
                 load.requests,
                 ratio(load.requests_per_second, base_c),
                 ratio(load.requests_per_second, base_e),
+                load.cpu_us_per_request,
+                load.steal_percent,
                 sample.peak_rss_kib as f64 / 1024.0,
                 sample.startup_ms,
             );
