@@ -56,7 +56,7 @@ impl Rewrite<'_> {
             Some(b'{' | b'[')
         );
         // Cheap pre-check before parsing: no link member, nothing to do.
-        if !looks_json || !LINK_MEMBERS.iter().any(|m| contains(body, m.as_bytes())) {
+        if !looks_json || !LINK_FINDERS.iter().any(|f| f.find(body).is_some()) {
             return None;
         }
         let mut value: Value = serde_json::from_slice(body).ok()?;
@@ -99,10 +99,10 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
         .then(|| &text[prefix.len()..])
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    // Every replayed JSON answer is scanned: a SIMD substring search, not a window walk.
-    memchr::memmem::find(haystack, needle).is_some()
-}
+/// Every JSON answer is scanned for [`LINK_MEMBERS`] with a SIMD substring search, set
+/// up once: building a searcher per answer cost about as much as the search.
+static LINK_FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| LINK_MEMBERS.map(memchr::memmem::Finder::new));
 
 #[cfg(test)]
 mod tests {
