@@ -23,7 +23,7 @@ use crate::config::{
 use crate::error::{MissReport, Nearest, ProxyError};
 use crate::forward::{self, Interceptor, Target};
 use crate::graph::{self, batch, chaos::Chaos};
-use crate::matching::{self, Exhausted, MatchKey, Normalized, RuleSet};
+use crate::matching::{self, Exhausted, MatchKey, NormalBody, Normalized, RuleSet};
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
@@ -33,7 +33,7 @@ use crate::upstream::{Upstream, UpstreamResponse};
 
 /// The Graph hooks: `$batch`, chaos, and answer post-processing.
 mod graph_hooks;
-use graph_hooks::{lint_exchange, GraphContext};
+use graph_hooks::{lint_exchange, GraphContext, Linted};
 
 /// Request header: which cassette this request uses.
 pub const CASSETTE_HEADER: &str = "x-graphvcr-cassette";
@@ -167,11 +167,31 @@ struct Prepared {
     body: Bytes,
     stored_request: RecordedRequest,
     normalized: Normalized,
+    /// The rules neither dropped members from the body nor sorted its arrays, so a JSON
+    /// body in `normalized` is the body as sent.
+    normalized_json_as_sent: bool,
     key: MatchKey,
     fingerprint: u64,
     policy: EpisodePolicy,
     /// Forward-proxy target; `None` in reverse mode.
     target: Option<Target>,
+}
+
+impl Prepared {
+    /// Matching's parse of a JSON body, when it is the body as sent; `normalized` keeps
+    /// no body afterwards.
+    fn take_json_as_sent(&mut self) -> Option<serde_json::Value> {
+        if !self.normalized_json_as_sent {
+            return None;
+        }
+        match std::mem::replace(&mut self.normalized.body, NormalBody::Empty) {
+            NormalBody::Json(value) => Some(value),
+            other => {
+                self.normalized.body = other;
+                None
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -471,13 +491,8 @@ impl Proxy {
         let latency_of = |episode: &crate::store::Episode| {
             Duration::try_from_secs_f64(episode.reply.upstream_latency_ms / 1000.0).ok()
         };
-        let linted = lint.then(|| {
-            (
-                prepared.stored_request.method.clone(),
-                matching::path_of(&prepared.stored_request.uri).to_owned(),
-                prepared.stored_request.body.clone(),
-            )
-        });
+        let mut prepared = prepared;
+        let mut linted = None;
         let (latency, served) = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared).await? {
                 Lookup::Hit(episode) => (latency_of(&episode), replayed(*episode)),
@@ -490,14 +505,18 @@ impl Proxy {
                     return Err(self.miss(&prepared, Some(count)))
                 }
                 Lookup::Exhausted { .. } | Lookup::Absent => {
+                    linted = lint.then(|| Linted::of(&mut prepared));
                     (None, self.forward(prepared, true).await?)
                 }
             },
-            Mode::Record => (None, self.forward(prepared, true).await?),
+            Mode::Record => {
+                linted = lint.then(|| Linted::of(&mut prepared));
+                (None, self.forward(prepared, true).await?)
+            }
             Mode::Passthrough => (None, self.forward(prepared, false).await?),
         };
-        if let (Some((method, path, body)), Outcome::Recorded) = (linted, served.outcome) {
-            notes.extend(lint_exchange(&method, &path, &body, &served));
+        if let (Some(linted), Outcome::Recorded) = (linted, served.outcome) {
+            notes.extend(lint_exchange(&linted, &served));
         }
         Ok((served, latency))
     }
@@ -595,6 +614,7 @@ impl Proxy {
             matching::path_of(&stored_request.uri),
         );
         let normalized = matching::normalize_recorded(&stored_request, rules);
+        let normalized_json_as_sent = rules.ignore_pointers.is_empty() && !rules.ignore_array_order;
         let key = normalized.key();
         let recorded_after = match (mode, self.shared.config.max_age) {
             (Mode::Auto, Some(max_age)) => SystemTime::now().checked_sub(max_age),
@@ -615,6 +635,7 @@ impl Proxy {
             body,
             stored_request,
             normalized,
+            normalized_json_as_sent,
             key,
             fingerprint,
             policy,

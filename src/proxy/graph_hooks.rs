@@ -186,25 +186,19 @@ impl Proxy {
         let decoded = record::decode_body(encoding, &served.body, MAX_DECODED_BYTES);
         let mut answers = batch::responses(decoded.as_deref().unwrap_or(&served.body));
         let latency = served.upstream_latency.unwrap_or_default();
-        for (part, sub) in parts.iter().zip(subs) {
+        for (part, mut sub) in parts.iter().zip(subs) {
             let Some(answer) = answers.remove(&part.id) else {
                 continue;
             };
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
             let headers = header_map(&answer.headers);
-            let linted = lint.then(|| {
-                (
-                    sub.stored_request.method.clone(),
-                    matching::path_of(&sub.stored_request.uri).to_owned(),
-                    sub.stored_request.body.clone(),
-                )
-            });
+            let linted = lint.then(|| Linted::of(&mut sub));
             let intent = self.shared.store.intend_write();
             let kept = self
                 .keep(sub, status, headers, answer.body, latency, Some(intent))
                 .await?;
-            if let Some((method, path, body)) = linted {
-                notes.extend(lint_exchange(&method, &path, &body, &kept));
+            if let Some(linted) = linted {
+                notes.extend(lint_exchange(&linted, &kept));
             }
         }
         Ok((served, None))
@@ -401,14 +395,37 @@ fn rewrite_links(rewrite: &graph::links::Rewrite<'_>, headers: &mut HeaderMap, b
     }
 }
 
+/// What the lint needs of a request that is about to be recorded, taken before the
+/// request is consumed.
+pub(super) struct Linted {
+    method: String,
+    path: String,
+    body: Bytes,
+    /// The body as matching parsed it, when its rules left it as sent.
+    json: Option<serde_json::Value>,
+}
+
+impl Linted {
+    /// Only for a request that will be forwarded and kept: it takes matching's parse of
+    /// the body, which a replay miss's report would still need.
+    pub(super) fn of(prepared: &mut Prepared) -> Self {
+        Self {
+            method: prepared.stored_request.method.clone(),
+            path: matching::path_of(&prepared.stored_request.uri).to_owned(),
+            body: prepared.stored_request.body.clone(),
+            json: prepared.take_json_as_sent(),
+        }
+    }
+}
+
 /// Logs schema problems of a recorded deviceStatuses exchange (record and auto) and
 /// returns them as audit notes (`lint: METHOD PATH: finding`).
-pub(super) fn lint_exchange(
-    method: &str,
-    path: &str,
-    request_body: &[u8],
-    served: &Served,
-) -> Vec<String> {
+pub(super) fn lint_exchange(linted: &Linted, served: &Served) -> Vec<String> {
+    let (method, path) = (&linted.method, &linted.path);
+    let request_body = match &linted.json {
+        Some(value) => graph::lint::RequestBody::Parsed(value),
+        None => graph::lint::RequestBody::Bytes(&linted.body),
+    };
     let encoding = served
         .headers
         .get(header::CONTENT_ENCODING)

@@ -500,3 +500,47 @@ async fn the_chaos_rate_limit_counts_down_then_answers_429() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_lint_checks_request_bodies_as_sent_whatever_the_match_rules_drop() {
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let mut body: Value = serde_json::from_str(SEED_BODY).expect("seed");
+    body["bogus"] = json!(1);
+    body["status"] = json!("nonsense");
+    let body = body.to_string();
+    let ignoring = write_config(
+        &scratch,
+        "ignoring.toml",
+        r#"
+        [[match.routes]]
+        route = "/*/deviceManagement/deviceConfigurations/{id}/deviceStatuses/{id}"
+        route_method = "PATCH"
+        ignore_pointers = ["/status", "/bogus"]
+        "#,
+    );
+    // Default rules (matching's parse of the body is reused), then rules that drop the
+    // offending members before matching: the lint sees both members either way.
+    for (cassette, extra) in [("plain", vec![]), ("ignoring", vec!["--config", &ignoring])] {
+        let mut args = vec!["--cassette", cassette];
+        args.extend(extra);
+        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &args);
+        let path = status_path("cfg-lint", cassette);
+        let reply = http.patch(&recorder.url(&path), &body).await;
+        assert_eq!(
+            reply.header("x-graphvcr-outcome"),
+            Some("recorded"),
+            "{}",
+            reply.text()
+        );
+        for needle in ["request body /bogus", "request body /status"] {
+            assert!(
+                recorder.wait_for_log(needle),
+                "{cassette}: the lint names {needle}: {}",
+                recorder.stderr()
+            );
+        }
+        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
+    }
+}
