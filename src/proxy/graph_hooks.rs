@@ -400,6 +400,7 @@ fn rewrite_links(rewrite: &graph::links::Rewrite<'_>, headers: &mut HeaderMap, b
 pub(super) struct Linted {
     method: String,
     path: String,
+    /// The body, decoded when compressed; empty when `json` holds it.
     body: Bytes,
     /// The body as matching parsed it, when its rules left it as sent.
     json: Option<serde_json::Value>,
@@ -409,11 +410,22 @@ impl Linted {
     /// Only for a request that will be forwarded and kept: it takes matching's parse of
     /// the body, which a replay miss's report would still need.
     pub(super) fn of(prepared: &mut Prepared) -> Self {
+        let json = prepared.take_json_as_sent();
+        let request = &prepared.stored_request;
+        // Checked decoded, as matching reads it (and as answers are checked).
+        let body = match json {
+            Some(_) => Bytes::new(),
+            None => {
+                let encoding = record::header_value(&request.headers, "content-encoding");
+                record::decode_body(encoding, &request.body, MAX_DECODED_BYTES)
+                    .map_or_else(|| request.body.clone(), Bytes::from)
+            }
+        };
         Self {
-            method: prepared.stored_request.method.clone(),
-            path: matching::path_of(&prepared.stored_request.uri).to_owned(),
-            body: prepared.stored_request.body.clone(),
-            json: prepared.take_json_as_sent(),
+            method: request.method.clone(),
+            path: matching::path_of(&request.uri).to_owned(),
+            body,
+            json,
         }
     }
 }

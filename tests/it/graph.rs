@@ -520,27 +520,41 @@ async fn the_lint_checks_request_bodies_as_sent_whatever_the_match_rules_drop() 
         ignore_pointers = ["/status", "/bogus"]
         "#,
     );
+    let compressed = bytes::Bytes::from(gzip(body.as_bytes()));
     // Default rules (matching's parse of the body is reused), then rules that drop the
-    // offending members before matching: the lint sees both members either way.
+    // offending members before matching: the lint sees both members either way, in a
+    // plain body and in a compressed one.
     for (cassette, extra) in [("plain", vec![]), ("ignoring", vec!["--config", &ignoring])] {
-        let mut args = vec!["--cassette", cassette];
-        args.extend(extra);
-        let mut recorder = proxy(&scratch, "record", &upstream.url(""), &args);
-        let path = status_path("cfg-lint", cassette);
-        let reply = http.patch(&recorder.url(&path), &body).await;
-        assert_eq!(
-            reply.header("x-graphvcr-outcome"),
-            Some("recorded"),
-            "{}",
-            reply.text()
-        );
-        for needle in ["request body /bogus", "request body /status"] {
-            assert!(
-                recorder.wait_for_log(needle),
-                "{cassette}: the lint names {needle}: {}",
-                recorder.stderr()
+        for encoding in ["identity", "gzip"] {
+            let mut args = vec!["--cassette", cassette];
+            args.extend(extra.iter().copied());
+            let mut recorder = proxy(&scratch, "record", &upstream.url(""), &args);
+            let path = status_path("cfg-lint", &format!("{cassette}-{encoding}"));
+            let sent = match encoding {
+                "gzip" => compressed.clone(),
+                _ => bytes::Bytes::from(body.clone()),
+            };
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-encoding", encoding),
+            ];
+            let reply = http
+                .send_bytes("PATCH", &recorder.url(&path), &headers, sent)
+                .await;
+            assert_eq!(
+                reply.header("x-graphvcr-outcome"),
+                Some("recorded"),
+                "{}",
+                reply.text()
             );
+            for needle in ["request body /bogus", "request body /status"] {
+                assert!(
+                    recorder.wait_for_log(needle),
+                    "{cassette}, {encoding}: the lint names {needle}: {}",
+                    recorder.stderr()
+                );
+            }
+            assert!(recorder.interrupt().success(), "{}", recorder.stderr());
         }
-        assert!(recorder.interrupt().success(), "{}", recorder.stderr());
     }
 }
