@@ -484,14 +484,13 @@ impl Proxy {
     /// latency (for the chaos layer's latency factor).
     async fn dispatch(
         &self,
-        prepared: Prepared,
+        mut prepared: Prepared,
         lint: bool,
         notes: &mut Vec<String>,
     ) -> Result<(Served, Option<Duration>), ProxyError> {
         let latency_of = |episode: &crate::store::Episode| {
             Duration::try_from_secs_f64(episode.reply.upstream_latency_ms / 1000.0).ok()
         };
-        let mut prepared = prepared;
         let mut linted = None;
         let (latency, served) = match prepared.mode {
             Mode::Replay => match self.lookup(&prepared).await? {
