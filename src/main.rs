@@ -26,10 +26,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options: one arena (the thread caches do the rest on a proxy whose threads
 /// are few) and dirty pages returned within 100 ms, which keeps RSS near what is in use.
-/// `_RJEM_MALLOC_CONF` in the environment overrides them.
+/// A background thread of jemalloc's returns them: otherwise the `madvise` calls land on
+/// whichever request happens to free or allocate at the deadline, which showed in replay's
+/// tail at concurrency 1 (BENCHMARKS.md). `_RJEM_MALLOC_CONF` in the environment
+/// overrides them.
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf =
-    MallocConf(c"narenas:1,dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
+    MallocConf(c"narenas:1,dirty_decay_ms:100,muzzy_decay_ms:0,background_thread:true".as_ptr());
 
 /// A C string pointer jemalloc reads once at start-up.
 #[repr(transparent)]
