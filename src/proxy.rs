@@ -23,7 +23,7 @@ use crate::config::{
 use crate::error::{MissReport, Nearest, ProxyError};
 use crate::forward::{self, Interceptor, Target};
 use crate::graph::{self, batch, chaos::Chaos};
-use crate::matching::{self, Exhausted, MatchKey, NormalBody, Normalized, RuleSet};
+use crate::matching::{self, Exhausted, MatchKey, MatchRules, NormalBody, Normalized, RuleSet};
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
@@ -166,28 +166,46 @@ struct Prepared {
     forward_headers: HeaderMap,
     body: Bytes,
     stored_request: RecordedRequest,
-    normalized: Normalized,
-    /// The rules neither dropped members from the body nor sorted its arrays, so a JSON
-    /// body in `normalized` is the body as sent.
-    normalized_json_as_sent: bool,
-    key: MatchKey,
+    /// Left out in passthrough, which neither looks up nor stores: normalising the
+    /// request and hashing its key were most of its preparation. [`Proxy::match_of`]
+    /// computes it when missing, so no path can act on a key that was never computed.
+    matched: Option<Matched>,
     fingerprint: u64,
     policy: EpisodePolicy,
     /// Forward-proxy target; `None` in reverse mode.
     target: Option<Target>,
 }
 
+/// A request as matching sees it, under its cassette's rules.
+struct Matched {
+    normalized: Normalized,
+    /// The rules neither dropped members from the body nor sorted its arrays, so a JSON
+    /// body in `normalized` is the body as sent.
+    json_as_sent: bool,
+    key: MatchKey,
+}
+
+impl Matched {
+    fn of(request: &RecordedRequest, rules: &MatchRules) -> Self {
+        let normalized = matching::normalize_recorded(request, rules);
+        let key = normalized.key();
+        Self {
+            normalized,
+            json_as_sent: rules.ignore_pointers.is_empty() && !rules.ignore_array_order,
+            key,
+        }
+    }
+}
+
 impl Prepared {
     /// Matching's parse of a JSON body, when it is the body as sent; `normalized` keeps
     /// no body afterwards.
     fn take_json_as_sent(&mut self) -> Option<serde_json::Value> {
-        if !self.normalized_json_as_sent {
-            return None;
-        }
-        match std::mem::replace(&mut self.normalized.body, NormalBody::Empty) {
+        let matched = self.matched.as_mut().filter(|m| m.json_as_sent)?;
+        match std::mem::replace(&mut matched.normalized.body, NormalBody::Empty) {
             NormalBody::Json(value) => Some(value),
             other => {
-                self.normalized.body = other;
+                matched.normalized.body = other;
                 None
             }
         }
@@ -612,9 +630,7 @@ impl Proxy {
             &stored_request.method,
             matching::path_of(&stored_request.uri),
         );
-        let normalized = matching::normalize_recorded(&stored_request, rules);
-        let normalized_json_as_sent = rules.ignore_pointers.is_empty() && !rules.ignore_array_order;
-        let key = normalized.key();
+        let matched = (mode != Mode::Passthrough).then(|| Matched::of(&stored_request, rules));
         let recorded_after = match (mode, self.shared.config.max_age) {
             (Mode::Auto, Some(max_age)) => SystemTime::now().checked_sub(max_age),
             _ => None,
@@ -633,9 +649,7 @@ impl Proxy {
             forward_headers,
             body,
             stored_request,
-            normalized,
-            normalized_json_as_sent,
-            key,
+            matched,
             fingerprint,
             policy,
             target,
@@ -707,14 +721,29 @@ impl Proxy {
         Ok(())
     }
 
+    /// Matches `prepared` afresh, for when `prepare_message` left [`Matched`] out.
+    fn match_of(&self, prepared: &Prepared) -> Matched {
+        let request = &prepared.stored_request;
+        let rules = self
+            .rule_set(&prepared.cassette)
+            .rules_for(&request.method, matching::path_of(&request.uri));
+        Matched::of(request, rules)
+    }
+
+    fn key_of(&self, prepared: &Prepared) -> MatchKey {
+        match &prepared.matched {
+            Some(matched) => matched.key,
+            None => self.match_of(prepared).key,
+        }
+    }
+
     async fn lookup(&self, prepared: &Prepared) -> Result<Lookup, ProxyError> {
-        let store = &self.shared.store;
         self.ensure_index(&prepared.cassette, prepared.fingerprint)
             .await?;
-        Ok(store.next_episode(
+        Ok(self.shared.store.next_episode(
             &prepared.cassette,
             prepared.fingerprint,
-            &prepared.key,
+            &self.key_of(prepared),
             prepared.policy,
         )?)
     }
@@ -730,7 +759,14 @@ impl Proxy {
     fn miss_report(&self, prepared: &Prepared) -> MissReport {
         const SCANNED: usize = 5_000;
         const SHOWN: usize = 3;
-        let received = &prepared.normalized;
+        let computed;
+        let received = match &prepared.matched {
+            Some(matched) => &matched.normalized,
+            None => {
+                computed = self.match_of(prepared);
+                &computed.normalized
+            }
+        };
         let mut candidates: Vec<(bool, usize, Nearest)> = self
             .shared
             .store
@@ -856,6 +892,7 @@ impl Proxy {
         }
         self.ensure_index(&prepared.cassette, prepared.fingerprint)
             .await?;
+        let key = self.key_of(&prepared);
         let interaction = Interaction {
             schema: SCHEMA_VERSION,
             id: 0,
@@ -872,7 +909,7 @@ impl Proxy {
         let stored = self
             .shared
             .store
-            .append_intended(intent, prepared.fingerprint, prepared.key, interaction)
+            .append_intended(intent, prepared.fingerprint, key, interaction)
             .await?;
         Ok(Served {
             status,

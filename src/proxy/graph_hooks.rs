@@ -165,10 +165,11 @@ impl Proxy {
                 let mut all = true;
                 for sub in &subs {
                     self.ensure_index(&sub.cassette, sub.fingerprint).await?;
-                    all &=
-                        self.shared
-                            .store
-                            .is_recorded(&sub.cassette, sub.fingerprint, &sub.key)?;
+                    all &= self.shared.store.is_recorded(
+                        &sub.cassette,
+                        sub.fingerprint,
+                        &self.key_of(sub),
+                    )?;
                 }
                 all
             }
