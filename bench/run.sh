@@ -8,7 +8,9 @@
 # imports them with `graphvcr cassette import`, then starts every subject on 127.0.0.1,
 # drives it with wrk and writes the results between the markers in BENCHMARKS.md.
 # Options are passed to examples/loadbench.rs (see `--help` there): --runs, --duration,
-# --warmup, --subjects, --small, --large. Everything listens on 127.0.0.1 only.
+# --warmup, --subjects, --small, --large; --ceiling-work-us 0,10,20 measures the budget
+# table instead (the ceiling alone, with that much CPU work added per request).
+# Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
 started="$(date +%s)"

@@ -2,12 +2,17 @@
 //! answers a fixed ~500-byte JSON entity. Nothing is parsed, matched or stored, so its
 //! throughput is the upper bound for any HTTP server on the same machine and runtime.
 //!
-//! `cargo run --release --example ceiling -- [--listen 127.0.0.1:0]` prints
+//! `cargo run --release --example ceiling -- [--listen 127.0.0.1:0] [--work-us N]` prints
 //! `listening on http://ADDR:PORT` on stderr once it accepts connections, like graphvcr,
 //! and exits 0 on SIGTERM or SIGINT.
+//!
+//! `--work-us N` adds N µs of pure CPU work to every request (a spin calibrated at
+//! start-up, touching no memory), which is how `bench/budget.sh` measures what a handler
+//! may cost for a server to keep a given share of the ceiling's throughput.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -28,9 +33,56 @@ const BODY: &str = concat!(
     r#""status":"compliant","lastReportedDateTime":"2017-01-01T00:00:56.8321556-08:00","userPrincipalName":"User Principal Name value"}"#
 );
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Spin iterations per request for `--work-us`; 0 leaves the ceiling bare.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    iterations: u64,
+}
+
+impl Work {
+    /// Counts how many spin iterations make `micros` µs on this machine: the fastest of a
+    /// few timed batches, so a preempted batch does not inflate the work.
+    fn calibrated(micros: u64) -> Self {
+        if micros == 0 {
+            return Self { iterations: 0 };
+        }
+        const BATCH: u64 = 2_000_000;
+        let fastest = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                spin(BATCH);
+                started.elapsed()
+            })
+            .min()
+            .unwrap_or(Duration::from_millis(1))
+            .max(Duration::from_nanos(1));
+        let per_micro = BATCH as f64 / (fastest.as_nanos() as f64 / 1000.0);
+        Self {
+            iterations: (per_micro * micros as f64).round() as u64,
+        }
+    }
+}
+
+/// A dependent chain of multiplications the optimiser cannot remove or shorten.
+fn spin(iterations: u64) -> u64 {
+    let mut state = std::hint::black_box(0x9e37_79b9_7f4a_7c15_u64);
+    for _ in 0..iterations {
+        state = std::hint::black_box(
+            state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1),
+        );
+    }
+    state
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    work: Work,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the whole body, as a real server must; a broken body still gets the answer.
     let _ = request.into_body().collect().await;
+    std::hint::black_box(spin(work.iterations));
     let mut response = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -39,31 +91,40 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     Ok(response)
 }
 
-fn listen_address() -> Result<SocketAddr, String> {
+const USAGE: &str = "usage: ceiling [--listen ADDR:PORT] [--work-us N]";
+
+fn arguments() -> Result<(SocketAddr, u64), String> {
     let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:0".to_owned();
+    let mut work_us = 0;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => {
                 listen = args
                     .next()
-                    .ok_or_else(|| "--listen needs ADDR:PORT".to_owned())?
+                    .ok_or_else(|| format!("--listen needs ADDR:PORT; {USAGE}"))?
             }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: ceiling [--listen ADDR:PORT]"
-                ))
+            "--work-us" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("--work-us needs a number of µs; {USAGE}"))?;
+                work_us = value
+                    .parse()
+                    .map_err(|_| format!("--work-us {value:?} is not a whole number of µs"))?;
             }
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
-    listen
+    let listen = listen
         .parse()
-        .map_err(|_| format!("{listen:?} is not an ADDR:PORT socket address"))
+        .map_err(|_| format!("{listen:?} is not an ADDR:PORT socket address"))?;
+    Ok((listen, work_us))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    let addr = listen_address()?;
+    let (addr, work_us) = arguments()?;
+    let work = Work::calibrated(work_us);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -91,7 +152,10 @@ async fn main() -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |request| answer(request, work)),
+                )
                 .await;
         });
     }

@@ -37,6 +37,8 @@ use serde_json::{json, Map, Value};
 
 const RESULTS_START: &str = "<!-- bench:results:start -->";
 const RESULTS_END: &str = "<!-- bench:results:end -->";
+const BUDGET_START: &str = "<!-- bench:budget:start -->";
+const BUDGET_END: &str = "<!-- bench:budget:end -->";
 /// How long a subject may take to print its `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a subject may take to exit after SIGTERM before it is killed.
@@ -87,6 +89,11 @@ struct Options {
     /// it took, build included; bench/run.sh passes it.
     #[arg(long)]
     started: Option<u64>,
+    /// The budget instead of the subjects: runs only the ceiling, once with each of
+    /// these µs of CPU work added to every request (`--work-us`), at concurrency 64, and
+    /// writes the budget table (between the `bench:budget` markers), e.g. `0,10,20,30`.
+    #[arg(long, value_delimiter = ',')]
+    ceiling_work_us: Vec<u32>,
 }
 
 type Failure = String;
@@ -191,14 +198,12 @@ struct Paths {
 }
 
 fn run(options: &Options) -> Result<(), Failure> {
+    if !options.ceiling_work_us.is_empty() {
+        return run_budget(options);
+    }
     let subjects = selected_subjects(options)?;
     check_tools(options)?;
-    if options.work.exists() {
-        std::fs::remove_dir_all(&options.work)
-            .map_err(|e| format!("cannot empty {}: {e}", options.work.display()))?;
-    }
-    std::fs::create_dir_all(options.work.join("logs"))
-        .map_err(|e| format!("cannot create {}: {e}", options.work.display()))?;
+    empty_work_directory(options)?;
 
     let mut notes = Vec::new();
     let began = Instant::now();
@@ -238,7 +243,113 @@ fn run(options: &Options) -> Result<(), Failure> {
     notes.push(duration_note(options.started, prepared, began.elapsed()));
     let section = render(options, &medians, &notes)?;
     println!("{section}");
-    write_results(&options.out, &section)
+    write_section(&options.out, &section, RESULTS_START, RESULTS_END)
+}
+
+fn empty_work_directory(options: &Options) -> Result<(), Failure> {
+    if options.work.exists() {
+        std::fs::remove_dir_all(&options.work)
+            .map_err(|e| format!("cannot empty {}: {e}", options.work.display()))?;
+    }
+    std::fs::create_dir_all(options.work.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", options.work.display()))
+}
+
+/// What a request handler may cost: the ceiling with a fixed amount of CPU work added to
+/// each request, under the same load as the subjects. The work is a spin that touches no
+/// memory, so the figures are the most a real handler's µs can buy.
+fn run_budget(options: &Options) -> Result<(), Failure> {
+    check_tools(options)?;
+    empty_work_directory(options)?;
+    let began = Instant::now();
+    let requests = options.work.join("requests-small.tsv");
+    write_requests(&requests, options.small)?;
+    let load_before = load_average();
+    let mut loads: BTreeMap<u32, Vec<Load>> = BTreeMap::new();
+    for run in 1..=options.runs {
+        for &work_us in &options.ceiling_work_us {
+            eprintln!("== run {run}/{}: ceiling + {work_us} µs", options.runs);
+            let label = format!("ceiling-work{work_us}-{run}");
+            let process = start_ceiling(options, &label, work_us)?;
+            preflight(&process, &requests, Subject::Ceiling)?;
+            let url = format!("http://{}", process.addr);
+            if options.warmup > 0 {
+                wrk(options, &url, &requests, 64, options.warmup, process.pid())?;
+            }
+            let load = wrk(
+                options,
+                &url,
+                &requests,
+                64,
+                options.duration,
+                process.pid(),
+            )?;
+            eprintln!(
+                "   c64 {:.0} req/s p99 {:.2} ms, {:.1} µs CPU/req",
+                load.requests_per_second, load.p99_ms, load.cpu_us_per_request
+            );
+            let status = process.stop()?;
+            if !status.success() {
+                return Err(format!("the ceiling exited with {status} after SIGTERM"));
+            }
+            loads.entry(work_us).or_default().push(load);
+        }
+    }
+    let medians: BTreeMap<u32, Load> = loads
+        .iter()
+        .map(|(work, list)| (*work, median_load(list)))
+        .collect();
+    let mut out = provenance(options);
+    let _ = writeln!(
+        out,
+        "- the ceiling started afresh for each amount of work and each of {} runs, interleaved; per run {} s warm-up, then {} s at concurrency 64 (`wrk -t2 -c64`, the subjects' load); the table shows the median of the runs",
+        options.runs, options.warmup, options.duration
+    );
+    let _ = writeln!(
+        out,
+        "- load average (1, 5, 15 min) before: {load_before}; after: {}; {:.1} min in all",
+        load_average(),
+        began.elapsed().as_secs_f64() / 60.0
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| work added per request µs | req/s | × bare ceiling | p99 ms | CPU µs/req | host steal % |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+    let bare = medians.get(&0).map(|l| l.requests_per_second);
+    for (work, load) in &medians {
+        let _ = writeln!(
+            out,
+            "| {work} | {:.0} | {} | {:.3} | {:.1} | {:.1} |",
+            load.requests_per_second,
+            ratio(load.requests_per_second, bare),
+            load.p99_ms,
+            load.cpu_us_per_request,
+            load.steal_percent
+        );
+    }
+    if let Some(allowed) = bare.and_then(|bare| work_for_share(&medians, bare, 0.6)) {
+        let _ = writeln!(
+            out,
+            "\nAt 0.6× the bare ceiling's throughput a handler may add about **{allowed:.0} µs** of CPU per request (interpolated between the rows around 0.6×)."
+        );
+    }
+    println!("{out}");
+    write_section(&options.out, &out, BUDGET_START, BUDGET_END)
+}
+
+/// The work (µs) at which throughput falls to `share` of `bare`, interpolated linearly
+/// between the two measured amounts around it; `None` when no pair brackets it.
+fn work_for_share(medians: &BTreeMap<u32, Load>, bare: f64, share: f64) -> Option<f64> {
+    let points: Vec<(f64, f64)> = medians
+        .iter()
+        .map(|(work, load)| (f64::from(*work), load.requests_per_second / bare))
+        .collect();
+    points.windows(2).find_map(|pair| {
+        let ((w0, r0), (w1, r1)) = (pair[0], pair[1]);
+        (r0 >= share && r1 <= share && r0 > r1).then(|| w0 + (w1 - w0) * (r0 - share) / (r0 - r1))
+    })
 }
 
 /// How long the benchmark took: the whole command when its start is known (build and
@@ -674,6 +785,19 @@ fn start_emulator(options: &Options, label: &str) -> Result<Process, Failure> {
     )
 }
 
+fn start_ceiling(options: &Options, label: &str, work_us: u32) -> Result<Process, Failure> {
+    let mut command = Command::new(&options.ceiling);
+    command.args(["--listen", "127.0.0.1:0"]);
+    if work_us > 0 {
+        command.args(["--work-us", &work_us.to_string()]);
+    }
+    Process::start(
+        command,
+        "ceiling",
+        options.work.join("logs").join(format!("{label}.log")),
+    )
+}
+
 fn start_proxy(
     options: &Options,
     mode: &str,
@@ -727,15 +851,7 @@ fn measure(
         _ => &paths.small_requests,
     };
     let process = match subject {
-        Subject::Ceiling => {
-            let mut command = Command::new(&options.ceiling);
-            command.args(["--listen", "127.0.0.1:0"]);
-            Process::start(
-                command,
-                "ceiling",
-                options.work.join("logs").join(format!("{label}.log")),
-            )?
-        }
+        Subject::Ceiling => start_ceiling(options, &label, 0)?,
         Subject::Emulator => start_emulator(options, &label)?,
         Subject::ReplaySmall => {
             start_proxy(options, "replay", &paths.small_store, &upstream_url, &label)?
@@ -1173,11 +1289,8 @@ fn targets(medians: &BTreeMap<Subject, Sample>) -> Vec<Target> {
     out
 }
 
-fn render(
-    options: &Options,
-    medians: &BTreeMap<Subject, Sample>,
-    notes: &[String],
-) -> Result<String, Failure> {
+/// The lines every table opens with: when, where, which code and which command.
+fn provenance(options: &Options) -> String {
     let mut out = String::new();
     let date = humantime::format_rfc3339_seconds(SystemTime::now());
     let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
@@ -1200,6 +1313,15 @@ fn render(
         command_output("wrk", &["-v"])
     );
     let _ = writeln!(out, "- command: `{}`", options.command);
+    out
+}
+
+fn render(
+    options: &Options,
+    medians: &BTreeMap<Subject, Sample>,
+    notes: &[String],
+) -> Result<String, Failure> {
+    let mut out = provenance(options);
     let _ = writeln!(
         out,
         "- each subject started afresh for each of {} runs, interleaved; per run {} s warm-up at concurrency 64, then {} s at concurrency 1 (`wrk -t1 -c1`) and {} s at 64 (`wrk -t2 -c64`); the table shows the median of the runs (errors and requests: the sum)",
@@ -1269,23 +1391,28 @@ fn render(
 }
 
 /// Replaces the text between the results markers of `path`.
-fn write_results(path: &Path, section: &str) -> Result<(), Failure> {
+fn write_section(
+    path: &Path,
+    section: &str,
+    start_marker: &str,
+    end_marker: &str,
+) -> Result<(), Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (Some(start), Some(end)) = (text.find(RESULTS_START), text.find(RESULTS_END)) else {
+    let (Some(start), Some(end)) = (text.find(start_marker), text.find(end_marker)) else {
         return Err(format!(
-            "{} lacks the markers {RESULTS_START} and {RESULTS_END}",
+            "{} lacks the markers {start_marker} and {end_marker}",
             path.display()
         ));
     };
     if end < start {
         return Err(format!(
-            "{}: the results markers are out of order",
+            "{}: the markers {start_marker} and {end_marker} are out of order",
             path.display()
         ));
     }
     let mut updated = String::with_capacity(text.len() + section.len());
-    updated.push_str(&text[..start + RESULTS_START.len()]);
+    updated.push_str(&text[..start + start_marker.len()]);
     updated.push('\n');
     updated.push_str(section);
     updated.push_str(&text[end..]);
