@@ -7,7 +7,7 @@
 //! and exits 0 on SIGTERM or SIGINT.
 //!
 //! `--work-us N` adds N µs of pure CPU work to every request (a spin calibrated at
-//! start-up, touching no memory), which is how `bench/budget.sh` measures what a handler
+//! start-up, touching no memory), which is how `bench/run.sh --ceiling-work-us` measures what a handler
 //! may cost for a server to keep a given share of the ceiling's throughput.
 
 use std::convert::Infallible;

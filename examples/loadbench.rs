@@ -91,7 +91,8 @@ struct Options {
     started: Option<u64>,
     /// The budget instead of the subjects: runs only the ceiling, once with each of
     /// these µs of CPU work added to every request (`--work-us`), at concurrency 64, and
-    /// writes the budget table (between the `bench:budget` markers), e.g. `0,10,20,30`.
+    /// writes the budget table (between the `bench:budget` markers), e.g. `5,10,20,30`.
+    /// The bare ceiling (0) is always measured as well: the ratios are to it.
     #[arg(long, value_delimiter = ',')]
     ceiling_work_us: Vec<u32>,
 }
@@ -259,6 +260,13 @@ fn empty_work_directory(options: &Options) -> Result<(), Failure> {
 /// each request, under the same load as the subjects. The work is a spin that touches no
 /// memory, so the figures are the most a real handler's µs can buy.
 fn run_budget(options: &Options) -> Result<(), Failure> {
+    if !options.subjects.is_empty() {
+        return Err("--ceiling-work-us runs only the ceiling; leave out --subjects".to_owned());
+    }
+    let mut works = options.ceiling_work_us.clone();
+    works.push(0);
+    works.sort_unstable();
+    works.dedup();
     check_tools(options)?;
     empty_work_directory(options)?;
     let began = Instant::now();
@@ -267,7 +275,7 @@ fn run_budget(options: &Options) -> Result<(), Failure> {
     let load_before = load_average();
     let mut loads: BTreeMap<u32, Vec<Load>> = BTreeMap::new();
     for run in 1..=options.runs {
-        for &work_us in &options.ceiling_work_us {
+        for &work_us in &works {
             eprintln!("== run {run}/{}: ceiling + {work_us} µs", options.runs);
             let label = format!("ceiling-work{work_us}-{run}");
             let process = start_ceiling(options, &label, work_us)?;
@@ -1390,7 +1398,7 @@ fn render(
     Ok(out)
 }
 
-/// Replaces the text between the results markers of `path`.
+/// Replaces the text between `start_marker` and `end_marker` in `path`.
 fn write_section(
     path: &Path,
     section: &str,
