@@ -167,7 +167,7 @@ struct Prepared {
     body: Bytes,
     stored_request: RecordedRequest,
     /// Left out in passthrough, which neither looks up nor stores: normalising the
-    /// request and hashing its key were most of its preparation. [`Proxy::match_of`]
+    /// request and hashing its key were most of its preparation. [`Proxy::key_of`]
     /// computes it when missing, so no path can act on a key that was never computed.
     matched: Option<Matched>,
     fingerprint: u64,
@@ -178,7 +178,9 @@ struct Prepared {
 
 /// A request as matching sees it, under its cassette's rules.
 struct Matched {
-    normalized: Normalized,
+    /// Left out in replay, which needs the key alone: [`matching::key_only`] computes
+    /// it without a parsed body. A miss report normalises afresh.
+    normalized: Option<Normalized>,
     /// The rules neither dropped members from the body nor sorted its arrays, so a JSON
     /// body in `normalized` is the body as sent.
     json_as_sent: bool,
@@ -190,9 +192,17 @@ impl Matched {
         let normalized = matching::normalize_recorded(request, rules);
         let key = normalized.key();
         Self {
-            normalized,
+            normalized: Some(normalized),
             json_as_sent: rules.ignore_pointers.is_empty() && !rules.ignore_array_order,
             key,
+        }
+    }
+
+    fn key_only(request: &RecordedRequest, rules: &MatchRules) -> Self {
+        Self {
+            normalized: None,
+            json_as_sent: false,
+            key: matching::key_of_recorded(request, rules),
         }
     }
 }
@@ -202,10 +212,11 @@ impl Prepared {
     /// no body afterwards.
     fn take_json_as_sent(&mut self) -> Option<serde_json::Value> {
         let matched = self.matched.as_mut().filter(|m| m.json_as_sent)?;
-        match std::mem::replace(&mut matched.normalized.body, NormalBody::Empty) {
+        let normalized = matched.normalized.as_mut()?;
+        match std::mem::replace(&mut normalized.body, NormalBody::Empty) {
             NormalBody::Json(value) => Some(value),
             other => {
-                matched.normalized.body = other;
+                normalized.body = other;
                 None
             }
         }
@@ -630,7 +641,11 @@ impl Proxy {
             &stored_request.method,
             matching::path_of(&stored_request.uri),
         );
-        let matched = (mode != Mode::Passthrough).then(|| Matched::of(&stored_request, rules));
+        let matched = match mode {
+            Mode::Passthrough => None,
+            Mode::Replay => Some(Matched::key_only(&stored_request, rules)),
+            Mode::Record | Mode::Auto => Some(Matched::of(&stored_request, rules)),
+        };
         let recorded_after = match (mode, self.shared.config.max_age) {
             (Mode::Auto, Some(max_age)) => SystemTime::now().checked_sub(max_age),
             _ => None,
@@ -721,19 +736,17 @@ impl Proxy {
         Ok(())
     }
 
-    /// Matches `prepared` afresh, for when `prepare_message` left [`Matched`] out.
-    fn match_of(&self, prepared: &Prepared) -> Matched {
+    /// The rules `prepared` is matched under.
+    fn rules_of(&self, prepared: &Prepared) -> &MatchRules {
         let request = &prepared.stored_request;
-        let rules = self
-            .rule_set(&prepared.cassette)
-            .rules_for(&request.method, matching::path_of(&request.uri));
-        Matched::of(request, rules)
+        self.rule_set(&prepared.cassette)
+            .rules_for(&request.method, matching::path_of(&request.uri))
     }
 
     fn key_of(&self, prepared: &Prepared) -> MatchKey {
         match &prepared.matched {
             Some(matched) => matched.key,
-            None => self.match_of(prepared).key,
+            None => matching::key_of_recorded(&prepared.stored_request, self.rules_of(prepared)),
         }
     }
 
@@ -760,11 +773,16 @@ impl Proxy {
         const SCANNED: usize = 5_000;
         const SHOWN: usize = 3;
         let computed;
-        let received = match &prepared.matched {
-            Some(matched) => &matched.normalized,
+        let received = match prepared
+            .matched
+            .as_ref()
+            .and_then(|m| m.normalized.as_ref())
+        {
+            Some(normalized) => normalized,
             None => {
-                computed = self.match_of(prepared);
-                &computed.normalized
+                computed =
+                    matching::normalize_recorded(&prepared.stored_request, self.rules_of(prepared));
+                &computed
             }
         };
         let mut candidates: Vec<(bool, usize, Nearest)> = self

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+mod canonical;
 mod diff;
 pub mod rules;
 
@@ -176,6 +177,21 @@ impl Normalized {
     /// The store's index key. Fields are framed with separators that cannot occur in
     /// them, so two different requests cannot produce the same pre-image.
     pub fn key(&self) -> MatchKey {
+        self.key_with_body(|image| match &self.body {
+            NormalBody::Empty => image.push(b'e'),
+            NormalBody::Json(value) => {
+                image.push(b'j');
+                write_canonical(value, image);
+            }
+            NormalBody::Bytes(bytes) => {
+                image.push(b'b');
+                image.extend_from_slice(bytes);
+            }
+        })
+    }
+
+    /// The key with the body's part of the pre-image written by `write_body`.
+    fn key_with_body(&self, write_body: impl FnOnce(&mut Vec<u8>)) -> MatchKey {
         // The pre-image is gathered first and hashed in one call: blake3's per-call cost
         // dominates for fragments this small. Same bytes, so the same key as hashing
         // fragment by fragment.
@@ -200,19 +216,53 @@ impl Normalized {
             image.push(b'\n');
         }
         image.push(0);
-        match &self.body {
-            NormalBody::Empty => image.push(b'e'),
-            NormalBody::Json(value) => {
-                image.push(b'j');
-                write_canonical(value, &mut image);
-            }
-            NormalBody::Bytes(bytes) => {
-                image.push(b'b');
-                image.extend_from_slice(bytes);
-            }
-        }
+        write_body(&mut image);
         MatchKey(*blake3::hash(&image).as_bytes())
     }
+}
+
+/// The match key of a stored (already sanitized) request, as
+/// `normalize_recorded(request, rules).key()` computes it.
+pub fn key_of_recorded(request: &RecordedRequest, rules: &MatchRules) -> MatchKey {
+    key_only(&view_of(request), rules)
+}
+
+/// `normalize(request, rules).key()`, without keeping what it was computed from: under
+/// rules that leave a JSON body's members alone (the default), the body is read into
+/// strings borrowed from it rather than into a `serde_json::Value`, which was most of
+/// the key's cost. A lookup needs nothing else.
+pub fn key_only(request: &RequestView<'_>, rules: &MatchRules) -> MatchKey {
+    if !rules.ignore_pointers.is_empty() || rules.ignore_array_order {
+        return normalize(request, rules).key();
+    }
+    // Everything but the body, normalised as `normalize` does it.
+    let head = normalize(
+        &RequestView {
+            body: &[],
+            ..*request
+        },
+        rules,
+    );
+    let decoded = decode_body(request.content_encoding, request.body, MAX_DECODED_BYTES);
+    let body = match &decoded {
+        Some(bytes) => bytes.as_slice(),
+        None => request.body,
+    };
+    head.key_with_body(|image| {
+        if body.is_empty() || rules.body == BodyMatch::Ignore {
+            return image.push(b'e');
+        }
+        // The same decision as `normalize_body`'s, on the same parser.
+        if rules.body == BodyMatch::Json && is_json_candidate(request.content_type, body) {
+            let parsed = canonical::Borrowed::parse(body).filter(|_| json_reads_exactly(body));
+            if let Some(document) = parsed {
+                image.push(b'j');
+                return document.write(image);
+            }
+        }
+        image.push(b'b');
+        image.extend_from_slice(body);
+    })
 }
 
 fn is_unreserved(byte: u8) -> bool {
@@ -559,62 +609,9 @@ pub fn canonical_json(value: &Value, out: &mut String) {
     out.push_str(&String::from_utf8_lossy(&bytes));
 }
 
-/// [`canonical_json`] into bytes, as hashed for the match key. Strings are escaped by
-/// serde_json's own serializer (the same bytes as `Value`'s `Display`), without copying
-/// object keys or going through `fmt` for every fragment: this runs once per request.
+/// [`canonical_json`] into bytes, as hashed for the match key.
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::String(text) => write_json_string(text, out),
-        Value::Number(number) => write_number(number, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (name, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_string(name, out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-fn write_json_string(text: &str, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
-}
-
-fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    if let Some(n) = number.as_i64() {
-        let _ = write!(out, "{n}");
-    } else if let Some(n) = number.as_u64() {
-        let _ = write!(out, "{n}");
-    } else if let Some(f) = number.as_f64() {
-        // 2^53: beyond it not every integer is representable, so keep the float spelling.
-        if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-            let _ = write!(out, "{}", f as i64);
-        } else {
-            let _ = write!(out, "{number}");
-        }
-    }
+    canonical::Borrowed::of_value(value).write(out);
 }
 
 /// JSON equality with numbers compared by value, as the key does.
@@ -659,12 +656,93 @@ mod tests {
         }
     }
 
+    /// The key by both roads, which must agree: every table below checks `key_only`.
     fn key(method: &str, uri: &str, ct: Option<&str>, body: &str) -> MatchKey {
-        normalize(
-            &view(method, uri, ct, body.as_bytes()),
-            &MatchRules::default(),
-        )
-        .key()
+        let request = view(method, uri, ct, body.as_bytes());
+        let full = normalize(&request, &MatchRules::default()).key();
+        assert_eq!(
+            key_only(&request, &MatchRules::default()),
+            full,
+            "{request:?}"
+        );
+        full
+    }
+
+    #[test]
+    fn the_key_alone_is_the_normalised_requests_key_under_every_kind_of_rule() {
+        let gzipped = {
+            use std::io::Write as _;
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder
+                .write_all(br#"{"b":[2,1],"a":"\u00e9"}"#)
+                .expect("gzip into memory");
+            encoder.finish().expect("gzip into memory")
+        };
+        let bodies: [&[u8]; 9] = [
+            br#"{"status":"compliant","id":"x","nested":{"z":1.0,"a":[1e2,-0,"\t"]}}"#,
+            br#"{"a":1,"a":2}"#,
+            br#"{"n":0.12345678901234567}"#,
+            br#"not json {"#,
+            br#"[3,1,2]"#,
+            b"",
+            b"  ",
+            br#"{"deep":"#,
+            &gzipped,
+        ];
+        let rule_sets = [
+            MatchRules::default(),
+            MatchRules {
+                ignore_pointers: vec!["/id".to_owned()],
+                ..MatchRules::default()
+            },
+            MatchRules {
+                ignore_array_order: true,
+                ..MatchRules::default()
+            },
+            MatchRules {
+                body: BodyMatch::Exact,
+                ..MatchRules::default()
+            },
+            MatchRules {
+                body: BodyMatch::Ignore,
+                ..MatchRules::default()
+            },
+        ];
+        let headers = [Header {
+            name: "X-Tenant".to_owned(),
+            value: "t1".to_owned(),
+            binary: false,
+        }];
+        for rules in &rule_sets {
+            let rules = MatchRules {
+                headers: vec!["x-tenant".to_owned()],
+                ..rules.clone()
+            };
+            for body in bodies {
+                for (content_type, encoding) in [
+                    (Some("application/json"), None),
+                    (None, None),
+                    (Some("text/plain"), None),
+                    (Some("application/json"), Some("gzip")),
+                ] {
+                    let request = RequestView {
+                        method: "PATCH",
+                        host: Some("Graph.Microsoft.com"),
+                        path_and_query: "/v1.0/a%7eb?$Select=id&x=1+2",
+                        content_type,
+                        content_encoding: encoding,
+                        headers: &headers,
+                        body,
+                    };
+                    assert_eq!(
+                        key_only(&request, &rules),
+                        normalize(&request, &rules).key(),
+                        "{request:?} under {rules:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// `(method, uri, content type, body)`.
