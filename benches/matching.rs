@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use graphvcr::matching::rules::MatchRules;
-use graphvcr::matching::{canonical_json, normalize, RequestView};
+use graphvcr::matching::{canonical_json, key_only, normalize, RequestView};
 use graphvcr::record::Header;
 use serde_json::Value;
 use std::hint::black_box;
@@ -54,6 +54,9 @@ fn matching(c: &mut Criterion) {
     });
     group.bench_function("normalize + key (per request)", |b| {
         b.iter(|| normalize(black_box(&view(&path, &headers, &body)), &rules).key())
+    });
+    group.bench_function("key only (per replayed request)", |b| {
+        b.iter(|| key_only(black_box(&view(&path, &headers, &body)), &rules))
     });
     group.finish();
 }
