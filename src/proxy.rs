@@ -298,7 +298,7 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         if method == http::Method::CONNECT && target.is_none() {
-            return self.connect(request, peer, started).await;
+            return Box::pin(self.connect(request, peer, started)).await;
         }
         let target = target
             .or_else(|| forward::absolute_form_target(&request, self.shared.interceptor.config()));
@@ -484,7 +484,7 @@ impl Proxy {
             if self.shared.interceptor.config().unknown_hosts == UnknownHosts::Deny {
                 return Err(ProxyError::TunnelRefused(target.authority()));
             }
-            let mut served = self.forward(prepared, false).await?;
+            let mut served = Box::pin(self.forward(prepared, false)).await?;
             served.outcome = Outcome::Tunnel;
             return Ok((served, cassette));
         }
@@ -499,7 +499,7 @@ impl Proxy {
         let version = batch::detect(prepared.method.as_str(), matching::path_of(&prepared.uri));
         let (mut served, recorded_latency) = match version {
             Some(version) if prepared.mode != Mode::Passthrough => {
-                self.exchange_batch(prepared, version, &context, lint, &mut trace.notes)
+                Box::pin(self.exchange_batch(prepared, version, &context, lint, &mut trace.notes))
                     .await?
             }
             _ => self.dispatch(prepared, lint, &mut trace.notes).await?,
@@ -511,6 +511,10 @@ impl Proxy {
 
     /// Runs the request's mode. Also returns a replayed answer's recorded upstream
     /// latency (for the chaos layer's latency factor).
+    ///
+    /// Forwarding (and CONNECT, and `$batch`) is awaited through a `Box`: the upstream
+    /// client's future was over half of the handler's 9 KiB, and every replayed request
+    /// paid for copying it along the chain of futures without ever running it.
     async fn dispatch(
         &self,
         mut prepared: Prepared,
@@ -534,14 +538,14 @@ impl Proxy {
                 }
                 Lookup::Exhausted { .. } | Lookup::Absent => {
                     linted = lint.then(|| Linted::of(&mut prepared));
-                    (None, self.forward(prepared, true).await?)
+                    (None, Box::pin(self.forward(prepared, true)).await?)
                 }
             },
             Mode::Record => {
                 linted = lint.then(|| Linted::of(&mut prepared));
-                (None, self.forward(prepared, true).await?)
+                (None, Box::pin(self.forward(prepared, true)).await?)
             }
-            Mode::Passthrough => (None, self.forward(prepared, false).await?),
+            Mode::Passthrough => (None, Box::pin(self.forward(prepared, false)).await?),
         };
         if let (Some(linted), Outcome::Recorded) = (linted, served.outcome) {
             notes.extend(lint_exchange(&linted, &served));
