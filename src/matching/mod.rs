@@ -150,11 +150,7 @@ pub fn normalize(request: &RequestView<'_>, rules: &MatchRules) -> Normalized {
         .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
         .collect();
     headers.sort();
-    let decoded = decode_body(request.content_encoding, request.body, MAX_DECODED_BYTES);
-    let body = match &decoded {
-        Some(bytes) => bytes.as_slice(),
-        None => request.body,
-    };
+    let body = plain_body(request);
     Normalized {
         method: if rules.method {
             request.method.to_owned()
@@ -165,7 +161,7 @@ pub fn normalize(request: &RequestView<'_>, rules: &MatchRules) -> Normalized {
         path,
         query,
         headers,
-        body: normalize_body(request.content_type, body, rules),
+        body: normalize_body(request.content_type, &body, rules),
     }
 }
 
@@ -243,26 +239,28 @@ pub fn key_only(request: &RequestView<'_>, rules: &MatchRules) -> MatchKey {
         },
         rules,
     );
-    let decoded = decode_body(request.content_encoding, request.body, MAX_DECODED_BYTES);
-    let body = match &decoded {
-        Some(bytes) => bytes.as_slice(),
-        None => request.body,
-    };
+    let body = plain_body(request);
     head.key_with_body(|image| {
-        if body.is_empty() || rules.body == BodyMatch::Ignore {
-            return image.push(b'e');
-        }
-        // The same decision as `normalize_body`'s, on the same parser.
-        if rules.body == BodyMatch::Json && is_json_candidate(request.content_type, body) {
-            let parsed = canonical::Borrowed::parse(body).filter(|_| json_reads_exactly(body));
-            if let Some(document) = parsed {
+        match matched_body::<canonical::Borrowed>(request.content_type, &body, rules) {
+            MatchedBody::Empty => image.push(b'e'),
+            MatchedBody::Json(document) => {
                 image.push(b'j');
-                return document.write(image);
+                document.write(image);
+            }
+            MatchedBody::Bytes => {
+                image.push(b'b');
+                image.extend_from_slice(&body);
             }
         }
-        image.push(b'b');
-        image.extend_from_slice(body);
     })
+}
+
+/// The body as matched: decoded when its `Content-Encoding` is one the proxy reads.
+fn plain_body<'a>(request: &RequestView<'a>) -> Cow<'a, [u8]> {
+    match decode_body(request.content_encoding, request.body, MAX_DECODED_BYTES) {
+        Some(decoded) => Cow::Owned(decoded),
+        None => Cow::Borrowed(request.body),
+    }
 }
 
 fn is_unreserved(byte: u8) -> bool {
@@ -352,29 +350,52 @@ fn decode_query_part(part: &str) -> String {
     }
 }
 
-fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -> NormalBody {
+/// What a body is matched as: the one decision behind both [`normalize`] and
+/// [`key_only`], which read the JSON document into different types.
+enum MatchedBody<T> {
+    Empty,
+    Json(T),
+    /// Compared as exact bytes.
+    Bytes,
+}
+
+fn matched_body<'a, T: serde::Deserialize<'a>>(
+    content_type: Option<&str>,
+    body: &'a [u8],
+    rules: &MatchRules,
+) -> MatchedBody<T> {
     if body.is_empty() || rules.body == BodyMatch::Ignore {
-        return NormalBody::Empty;
+        return MatchedBody::Empty;
     }
     if rules.body == BodyMatch::Json && is_json_candidate(content_type, body) {
         // serde_json bounds nesting (128 levels): deeper input fails to parse and falls
         // back to exact bytes instead of recursing without limit. A parsed document that
         // lost information (a duplicate key, a number f64 cannot hold exactly) is
         // compared as bytes too, or different requests would match.
-        let parsed = serde_json::from_slice::<Value>(body)
+        let parsed = serde_json::from_slice::<T>(body)
             .ok()
             .filter(|_| json_reads_exactly(body));
-        if let Some(mut value) = parsed {
+        if let Some(document) = parsed {
+            return MatchedBody::Json(document);
+        }
+    }
+    MatchedBody::Bytes
+}
+
+fn normalize_body(content_type: Option<&str>, body: &[u8], rules: &MatchRules) -> NormalBody {
+    match matched_body::<Value>(content_type, body, rules) {
+        MatchedBody::Empty => NormalBody::Empty,
+        MatchedBody::Json(mut value) => {
             for pointer in &rules.ignore_pointers {
                 remove_pointer(&mut value, &rules::pointer_tokens(pointer));
             }
             if rules.ignore_array_order {
                 sort_arrays(&mut value);
             }
-            return NormalBody::Json(value);
+            NormalBody::Json(value)
         }
+        MatchedBody::Bytes => NormalBody::Bytes(Bytes::copy_from_slice(body)),
     }
-    NormalBody::Bytes(Bytes::copy_from_slice(body))
 }
 
 /// An object's keys so far. Most objects have a handful, where a scan beats hashing;
