@@ -1,9 +1,10 @@
 //! The stored interaction format (versioned) and the reviewable export document.
 //!
-//! Stored records keep bodies as exact bytes (base64 in the stored JSON) so replay is
-//! byte-identical. The export document is meant for people and git: pretty, stable
-//! order, JSON bodies as JSON values, text as text, binary as base64, and it reads back
-//! losslessly.
+//! Stored records keep bodies as exact bytes so replay is byte-identical: since schema 2
+//! in a compact binary form (postcard after a tag byte, the answer first), before it as
+//! JSON with base64 bodies; both are read. The export document is meant for people and
+//! git: pretty, stable order, JSON bodies as JSON values, text as text, binary as
+//! base64, and it reads back losslessly.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -12,9 +13,15 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-/// Version of [`Interaction`]'s stored form. Bump it with a migration and a test that
-/// reads a fixture written by the previous version.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of [`Interaction`]'s stored form. Bump it with a migration (or a reader of the
+/// old form) and a test that reads a fixture written by the previous version.
+///
+/// 1: JSON, bodies as base64 (still read: a value that starts with `{`).
+/// 2: [`BINARY_TAG`], then postcard of [`StoredForm`]. Replay decodes only its prefix,
+/// the answer, and neither form needs base64 undone on the way.
+pub const SCHEMA_VERSION: u32 = 2;
+/// First byte of a value in the binary form; the JSON form's is `{`.
+const BINARY_TAG: u8 = 0xb2;
 /// Version of the export document.
 pub const EXPORT_VERSION: u32 = 1;
 
@@ -228,38 +235,215 @@ fn header_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HeaderMap, D
     deserializer.deserialize_seq(HeaderMapVisitor)
 }
 
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredFormError {
+    #[error("the stored value is empty")]
+    Empty,
+    #[error("stored in a form this graphvcr does not know (first byte {0:#04x}); a newer graphvcr may have written it")]
+    UnknownForm(u8),
+    #[error("stored interaction has schema {found}, newer than this graphvcr understands ({SCHEMA_VERSION})")]
+    NewerSchema { found: u32 },
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Binary(#[from] postcard::Error),
+}
+
+/// The stored forms a value may be in, told apart by its first byte.
+enum Form<'a> {
+    /// Schema 1.
+    Json(&'a [u8]),
+    /// Schema 2 and later, after the tag byte.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Form<'a> {
+    fn of(bytes: &'a [u8]) -> Result<Self, StoredFormError> {
+        match bytes.split_first() {
+            None => Err(StoredFormError::Empty),
+            Some((&BINARY_TAG, rest)) => {
+                // The schema leads, so a newer layout is refused before it is misread.
+                let (schema, _) = postcard::take_from_bytes::<u32>(rest)?;
+                newer_refused(schema)?;
+                Ok(Self::Binary(rest))
+            }
+            Some((b'{', _)) => Ok(Self::Json(bytes)),
+            Some((&other, _)) => Err(StoredFormError::UnknownForm(other)),
+        }
+    }
+}
+
+fn newer_refused(schema: u32) -> Result<(), StoredFormError> {
+    if schema > SCHEMA_VERSION {
+        return Err(StoredFormError::NewerSchema { found: schema });
+    }
+    Ok(())
+}
+
+/// A header in the binary form: as [`Header`], with `binary` always present (postcard
+/// has no field names to leave one out by).
+#[derive(Serialize, Deserialize)]
+struct StoredHeader<'a> {
+    name: &'a str,
+    value: &'a str,
+    binary: bool,
+}
+
+fn stored_headers(headers: &[Header]) -> Vec<StoredHeader<'_>> {
+    headers
+        .iter()
+        .map(|h| StoredHeader {
+            name: &h.name,
+            value: &h.value,
+            binary: h.binary,
+        })
+        .collect()
+}
+
+fn owned_headers(headers: Vec<StoredHeader<'_>>) -> Vec<Header> {
+    headers
+        .into_iter()
+        .map(|h| Header {
+            name: h.name.to_owned(),
+            value: h.value.to_owned(),
+            binary: h.binary,
+        })
+        .collect()
+}
+
+/// Schema 2, field for field: postcard writes no names, so this order is the format.
+/// Everything replay needs comes first ([`StoredReplyForm`] is its prefix).
+#[derive(Serialize, Deserialize)]
+struct StoredForm<'a> {
+    schema: u32,
+    id: u64,
+    recorded_at: &'a str,
+    upstream_latency_ms: f64,
+    status: u16,
+    response_headers: Vec<StoredHeader<'a>>,
+    #[serde(with = "serde_bytes")]
+    response_body: &'a [u8],
+    cassette: &'a str,
+    method: &'a str,
+    uri: &'a str,
+    host: Option<&'a str>,
+    request_headers: Vec<StoredHeader<'a>>,
+    #[serde(with = "serde_bytes")]
+    request_body: &'a [u8],
+}
+
+/// The leading fields of [`StoredForm`], the rest of the value left unread.
+#[derive(Deserialize)]
+struct StoredReplyForm<'a> {
+    schema: u32,
+    id: u64,
+    recorded_at: &'a str,
+    upstream_latency_ms: f64,
+    status: u16,
+    #[serde(deserialize_with = "header_map")]
+    headers: HeaderMap,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+}
+
 impl StoredReply {
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoredFormError> {
+        match Form::of(bytes)? {
+            Form::Json(json) => {
+                let reply: Self = serde_json::from_slice(json)?;
+                newer_refused(reply.schema)?;
+                Ok(reply)
+            }
+            Form::Binary(binary) => {
+                let (form, _request) = postcard::take_from_bytes::<StoredReplyForm>(binary)?;
+                Ok(Self {
+                    schema: form.schema,
+                    id: form.id,
+                    recorded_at: form.recorded_at.to_owned(),
+                    upstream_latency_ms: form.upstream_latency_ms,
+                    response: ReplayedResponse {
+                        status: form.status,
+                        headers: form.headers,
+                        body: Bytes::copy_from_slice(form.body),
+                    },
+                })
+            }
+        }
     }
 }
 
 impl Interaction {
+    /// The current stored form (schema [`SCHEMA_VERSION`], whatever `schema` says).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Sized up front: growing a Vec from serde_json's default capacity to a recorded
-        // exchange's couple of KiB copied it several times over.
+        let form = StoredForm {
+            schema: SCHEMA_VERSION,
+            id: self.id,
+            recorded_at: &self.recorded_at,
+            upstream_latency_ms: self.upstream_latency_ms,
+            status: self.response.status,
+            response_headers: stored_headers(&self.response.headers),
+            response_body: &self.response.body,
+            cassette: &self.cassette,
+            method: &self.request.method,
+            uri: &self.request.uri,
+            host: self.request.host.as_deref(),
+            request_headers: stored_headers(&self.request.headers),
+            request_body: &self.request.body,
+        };
+        // Sized up front, so the bodies are copied once.
         let headers = |headers: &[Header]| -> usize {
             headers
                 .iter()
-                .map(|h| h.name.len() + h.value.len() + 32)
+                .map(|h| h.name.len() + h.value.len() + 3)
                 .sum()
         };
-        let estimate = 256
+        let estimate = 64
+            + self.recorded_at.len()
             + self.cassette.len()
             + self.request.uri.len()
             + headers(&self.request.headers)
             + headers(&self.response.headers)
-            + (self.request.body.len() + self.response.body.len()) * 4 / 3;
+            + self.request.body.len()
+            + self.response.body.len();
         let mut bytes = Vec::with_capacity(estimate);
-        // Serialising plain data with string keys into a Vec cannot fail.
-        if serde_json::to_writer(&mut bytes, self).is_err() {
-            bytes.clear();
-        }
-        bytes
+        bytes.push(BINARY_TAG);
+        // Writing plain data into a Vec cannot fail; were it to, the value reads back as
+        // an error rather than as someone else's answer.
+        postcard::to_io(&form, bytes).unwrap_or_default()
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Reads either stored form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoredFormError> {
+        match Form::of(bytes)? {
+            Form::Json(json) => {
+                let interaction: Self = serde_json::from_slice(json)?;
+                newer_refused(interaction.schema)?;
+                Ok(interaction)
+            }
+            Form::Binary(binary) => {
+                let form: StoredForm = postcard::from_bytes(binary)?;
+                Ok(Self {
+                    schema: form.schema,
+                    id: form.id,
+                    cassette: form.cassette.to_owned(),
+                    recorded_at: form.recorded_at.to_owned(),
+                    upstream_latency_ms: form.upstream_latency_ms,
+                    request: RecordedRequest {
+                        method: form.method.to_owned(),
+                        uri: form.uri.to_owned(),
+                        host: form.host.map(str::to_owned),
+                        headers: owned_headers(form.request_headers),
+                        body: Bytes::copy_from_slice(form.request_body),
+                    },
+                    response: RecordedResponse {
+                        status: form.status,
+                        headers: owned_headers(form.response_headers),
+                        body: Bytes::copy_from_slice(form.response_body),
+                    },
+                })
+            }
+        }
     }
 }
 
@@ -522,6 +706,117 @@ mod tests {
         );
     }
 
+    fn varied_interactions() -> Vec<Interaction> {
+        let base = Interaction::from_bytes(
+            include_str!("../tests/fixtures/interaction-v1.json").as_bytes(),
+        )
+        .expect("v1 fixture reads");
+        let mut empty = base.clone();
+        empty.request.body = Bytes::new();
+        empty.response.body = Bytes::new();
+        empty.request.headers.clear();
+        empty.response.headers.clear();
+        empty.request.host = Some("graph.microsoft.com".into());
+        empty.cassette = String::new();
+        let mut odd = base.clone();
+        odd.id = u64::MAX;
+        odd.upstream_latency_ms = 1234.5678;
+        odd.cassette = "ünïcode \"quoted\" cassette".into();
+        odd.request.body = Bytes::from_static(b"\xff\x00\x80 not UTF-8");
+        odd.response.body = Bytes::from(vec![7u8; 200_000]);
+        odd.response.headers = vec![
+            Header::new("x-binary", &[0x80, 0xfe, b'a']),
+            Header {
+                name: "x-bad-base64".to_owned(),
+                value: "not base64!".to_owned(),
+                binary: true,
+            },
+            Header::new("set-cookie", b"a=1"),
+            Header::new("set-cookie", b"b=2"),
+        ];
+        vec![base, empty, odd]
+    }
+
+    #[test]
+    fn the_binary_form_round_trips_exactly() {
+        for mut interaction in varied_interactions() {
+            interaction.schema = SCHEMA_VERSION;
+            let bytes = interaction.to_bytes();
+            assert_eq!(bytes.first(), Some(&BINARY_TAG));
+            let back = Interaction::from_bytes(&bytes).expect("reads back");
+            assert_eq!(back, interaction);
+            // No base64 in the binary form: bodies cost their own size.
+            assert!(
+                bytes.len()
+                    < 512 + interaction.request.body.len() + interaction.response.body.len(),
+                "{} bytes",
+                bytes.len()
+            );
+        }
+    }
+
+    /// Replay's prefix read gives the same answer from either form.
+    #[test]
+    fn replay_reads_the_same_answer_from_both_forms() {
+        for interaction in varied_interactions() {
+            let json = serde_json::to_vec(&interaction).expect("json");
+            let binary = interaction.to_bytes();
+            let from_json = StoredReply::from_bytes(&json).expect("json reply");
+            let from_binary = StoredReply::from_bytes(&binary).expect("binary reply");
+            assert_eq!(from_json.schema, interaction.schema);
+            assert_eq!(from_binary.schema, SCHEMA_VERSION);
+            assert_eq!(from_binary.response, from_json.response);
+            assert_eq!(
+                from_binary.response.headers,
+                headers_to_map(&interaction.response.headers)
+            );
+            assert_eq!(from_binary.response.body, interaction.response.body);
+            assert_eq!(
+                (from_binary.id, &from_binary.recorded_at),
+                (from_json.id, &from_json.recorded_at)
+            );
+            assert_eq!(
+                from_binary.upstream_latency_ms,
+                from_json.upstream_latency_ms
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_and_foreign_values_are_errors() {
+        let interaction = varied_interactions().remove(0);
+        let bytes = interaction.to_bytes();
+        // Every truncation fails cleanly (the full value is the only one that reads).
+        for end in 0..bytes.len() {
+            assert!(Interaction::from_bytes(&bytes[..end]).is_err(), "at {end}");
+        }
+        assert!(matches!(
+            Interaction::from_bytes(b""),
+            Err(StoredFormError::Empty)
+        ));
+        assert!(matches!(
+            StoredReply::from_bytes(b"[1]"),
+            Err(StoredFormError::UnknownForm(b'['))
+        ));
+        let mut newer = bytes.clone();
+        newer[1] = 3; // the leading varint schema
+        assert!(matches!(
+            Interaction::from_bytes(&newer),
+            Err(StoredFormError::NewerSchema { found: 3 })
+        ));
+        assert!(matches!(
+            StoredReply::from_bytes(&newer),
+            Err(StoredFormError::NewerSchema { found: 3 })
+        ));
+        let mut json_newer = interaction.clone();
+        json_newer.schema = 7;
+        let json_newer = serde_json::to_vec(&json_newer).expect("json");
+        assert!(matches!(
+            StoredReply::from_bytes(&json_newer),
+            Err(StoredFormError::NewerSchema { found: 7 })
+        ));
+    }
+
     #[test]
     fn replay_reads_headers_as_the_header_map_would_be_built() {
         let mut interaction = Interaction::from_bytes(
@@ -542,9 +837,14 @@ mod tests {
                 binary: true,
             },
         ];
-        let reply = StoredReply::from_bytes(&interaction.to_bytes()).expect("reply reads");
         let expected = headers_to_map(&interaction.response.headers);
-        assert_eq!(reply.response.headers, expected);
+        for stored in [
+            interaction.to_bytes(),
+            serde_json::to_vec(&interaction).expect("json"),
+        ] {
+            let reply = StoredReply::from_bytes(&stored).expect("reply reads");
+            assert_eq!(reply.response.headers, expected);
+        }
         assert_eq!(expected.len(), 6, "{expected:?}");
         assert_eq!(expected["x-escaped"], "quote \" and \\ backslash");
         assert_eq!(expected["x-binary"].as_bytes(), &[0x80, 0xfe, b'a']);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::matching::{Exhausted, MatchKey, ReplayOrder};
-use crate::record::{Interaction, StoredReply, SCHEMA_VERSION};
+use crate::record::{Interaction, StoredFormError, StoredReply, SCHEMA_VERSION};
 
 mod audit;
 mod episodes;
@@ -980,19 +980,18 @@ fn episode_prefix(cassette: &str, fingerprint: u64, key: &MatchKey) -> Vec<u8> {
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Result<Interaction, StoreError> {
-    let interaction = Interaction::from_bytes(value).map_err(|e| undecodable(key, e))?;
-    check_schema(interaction.schema)?;
-    Ok(interaction)
+    Interaction::from_bytes(value).map_err(|e| undecodable(key, e))
 }
 
 /// Replay's read: the response side only (see [`StoredReply`]).
 fn decode_reply(key: &[u8], value: &[u8]) -> Result<StoredReply, StoreError> {
-    let reply = StoredReply::from_bytes(value).map_err(|e| undecodable(key, e))?;
-    check_schema(reply.schema)?;
-    Ok(reply)
+    StoredReply::from_bytes(value).map_err(|e| undecodable(key, e))
 }
 
-fn undecodable(key: &[u8], error: serde_json::Error) -> StoreError {
+fn undecodable(key: &[u8], error: StoredFormError) -> StoreError {
+    if let StoredFormError::NewerSchema { found } = error {
+        return StoreError::NewerSchema { found };
+    }
     StoreError::Decode {
         key: format!(
             "an interaction of cassette {:?}",
@@ -1000,13 +999,6 @@ fn undecodable(key: &[u8], error: serde_json::Error) -> StoreError {
         ),
         detail: error.to_string(),
     }
-}
-
-fn check_schema(schema: u32) -> Result<(), StoreError> {
-    if schema > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { found: schema });
-    }
-    Ok(())
 }
 
 fn classify_open_error(path: &Path, error: sled::Error) -> StoreError {
@@ -1155,6 +1147,87 @@ mod tests {
             .expect("append");
         }
         assert_eq!(store.flushes(), 2);
+    }
+
+    /// A store written before schema 2 holds JSON values; they replay and list as they
+    /// did, next to binary ones. A value from a newer graphvcr, or a damaged one, is a
+    /// specific error for that lookup, not a panic or someone else's answer.
+    #[tokio::test]
+    async fn values_of_every_stored_form_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.start_flusher(Duration::ZERO);
+        let policy = EpisodePolicy {
+            order: ReplayOrder::First,
+            exhausted: Exhausted::RepeatLast,
+            recorded_after: None,
+        };
+        let mut old = interaction("c", 201);
+        old.response.body = Bytes::from_static(b"{\"id\":\"old\"}");
+        old.response.headers = vec![crate::record::Header::new("x-form", b"json")];
+        let old = store
+            .append(1, MatchKey([1; 32]), old)
+            .await
+            .expect("append");
+        let new = store
+            .append(1, MatchKey([2; 32]), interaction("c", 202))
+            .await
+            .expect("append");
+        let data_key = |id: u64| {
+            let mut key = cassette_prefix("c");
+            key.extend_from_slice(&id.to_be_bytes());
+            key
+        };
+        // Rewritten as schema 1 wrote it.
+        let mut as_v1 = old.clone();
+        as_v1.schema = 1;
+        let json = serde_json::to_vec(&as_v1).expect("json");
+        assert_eq!(json.first(), Some(&b'{'));
+        store
+            .inner
+            .interactions
+            .insert(data_key(old.id), json)
+            .expect("rewrite");
+
+        let reply = |key: u8| match store.next_episode("c", 1, &MatchKey([key; 32]), policy) {
+            Ok(Lookup::Hit(episode)) => Ok(episode.reply),
+            Ok(other) => panic!("not a hit: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let from_json = reply(1).expect("JSON value reads");
+        assert_eq!(from_json.schema, 1);
+        assert_eq!(from_json.id, old.id);
+        assert_eq!(from_json.response.status, 201);
+        assert_eq!(from_json.response.body, old.response.body);
+        assert_eq!(from_json.response.headers["x-form"], "json");
+        let from_binary = reply(2).expect("binary value reads");
+        assert_eq!(from_binary.schema, SCHEMA_VERSION);
+        assert_eq!(from_binary.response.status, 202);
+        let listed = store.interactions("c", 10).expect("list");
+        assert_eq!(listed, vec![as_v1, new.clone()]);
+
+        store
+            .inner
+            .interactions
+            .insert(data_key(new.id), &b"\xb2\x09newer"[..])
+            .expect("rewrite");
+        assert!(
+            matches!(reply(2), Err(StoreError::NewerSchema { found: 9 })),
+            "{:?}",
+            reply(2)
+        );
+        store
+            .inner
+            .interactions
+            .insert(data_key(new.id), &b"garbage"[..])
+            .expect("rewrite");
+        let damaged = reply(2).expect_err("garbage");
+        assert!(
+            matches!(&damaged, StoreError::Decode { key, .. } if key.contains("\"c\"")),
+            "{damaged}"
+        );
+        assert!(damaged.to_string().contains("first byte 0x67"), "{damaged}");
+        assert_eq!(reply(1).expect("others still read").id, old.id);
     }
 
     /// Lookups remember episode ids; every kind of index write must show through.
