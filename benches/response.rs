@@ -1,12 +1,13 @@
-//! Response building on replay: decode the stored interaction, rebuild its header map and
-//! assemble the response with the provenance headers, as `Proxy` does for a hit; and the
-//! Graph-shaped error body of a replay miss.
+//! Response building on replay: decode the stored reply in either stored form, decode the
+//! whole stored interaction, rebuild its header map and assemble the response with the
+//! provenance headers, as `Proxy` does for a hit; and the Graph-shaped error body of a
+//! replay miss.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use graphvcr::record::{headers_to_map, Interaction};
+use graphvcr::record::{headers_to_map, Interaction, StoredReply};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
@@ -33,8 +34,17 @@ fn build_response(stored: &[u8]) -> Response<Full<Bytes>> {
 }
 
 fn responses(c: &mut Criterion) {
-    let stored = common::interaction("bench", 42).to_bytes();
+    let interaction = common::interaction("bench", 42);
+    let stored = interaction.to_bytes();
+    // Schema 1, the JSON form older stores still hold.
+    let stored_json = serde_json::to_vec(&interaction).expect("serialises");
     let mut group = c.benchmark_group("response");
+    group.bench_function("decode stored reply (schema 2, binary)", |b| {
+        b.iter(|| StoredReply::from_bytes(black_box(&stored)).expect("decodes"))
+    });
+    group.bench_function("decode stored reply (schema 1, JSON)", |b| {
+        b.iter(|| StoredReply::from_bytes(black_box(&stored_json)).expect("decodes"))
+    });
     group.bench_function("decode stored interaction", |b| {
         b.iter(|| Interaction::from_bytes(black_box(&stored)).expect("decodes"))
     });
