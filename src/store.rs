@@ -111,7 +111,18 @@ pub enum Lookup {
 /// Computes a stored request's match key under the rules in force.
 pub type KeyFn<'a> = &'a (dyn Fn(&Interaction) -> MatchKey + Sync);
 
-type FlushWaiter = oneshot::Sender<Result<(), String>>;
+/// A request to the group-commit flusher: interactions to insert before the flush (none
+/// for a bare flush), and where the outcome goes once they are durable.
+struct FlushWaiter {
+    writes: Option<PendingWrite>,
+    reply: oneshot::Sender<Result<Vec<Interaction>, StoreError>>,
+}
+
+/// Interactions one writer hands the flusher, indexed for the rules `fingerprint`.
+struct PendingWrite {
+    fingerprint: u64,
+    records: Vec<(MatchKey, Interaction)>,
+}
 
 /// Handle to the open store; clones share one sled database.
 #[derive(Clone)]
@@ -247,7 +258,8 @@ impl Store {
     /// Starts the group-commit flusher on the current runtime. Writers that call
     /// [`Store::append`] before this wait until it runs.
     ///
-    /// Each flush covers every waiter queued by the time it starts. With `commit_delay`
+    /// Each round inserts the interactions of every waiter queued by the time it starts
+    /// (see `insert_and_flush`), then flushes once for all of them. With `commit_delay`
     /// above zero and other writers still on their way ([`WriteIntent`]s outstanding),
     /// it first waits up to that long for them, as a database's commit delay does: a
     /// lone writer never waits, concurrent ones share a flush.
@@ -291,18 +303,57 @@ impl Store {
                     break;
                 };
                 inner.flushes.fetch_add(1, Ordering::Relaxed);
-                let db = inner.db.clone();
-                drop(inner);
-                let result = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(error) => Err(format!("flush task failed: {error}")),
-                };
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
+                let store = Store { inner };
+                let (writes, replies): (Vec<_>, Vec<_>) =
+                    waiters.into_iter().map(|w| (w.writes, w.reply)).unzip();
+                let round = tokio::task::spawn_blocking(move || store.insert_and_flush(writes));
+                match round.await {
+                    Ok(outcomes) => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Err(error) => {
+                        let detail = format!("flush task failed: {error}");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Io(detail.clone())));
+                        }
+                    }
                 }
             }
         });
+    }
+
+    /// One round of the group-commit flusher: every writer's interactions inserted under
+    /// one hold of the index lock, in the order they asked, then one flush for all. Inserting
+    /// here rather than on the request's own worker keeps tokio's workers from blocking
+    /// on that lock while another records, which cost record a futex wait and a wake per
+    /// contended insert.
+    fn insert_and_flush(
+        &self,
+        writes: Vec<Option<PendingWrite>>,
+    ) -> Vec<Result<Vec<Interaction>, StoreError>> {
+        let mut outcomes: Vec<Result<Vec<Interaction>, StoreError>> = {
+            let _guard = self
+                .inner
+                .index_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            writes
+                .into_iter()
+                .map(|write| match write {
+                    Some(write) => self.insert_locked(write.fingerprint, write.records),
+                    None => Ok(Vec::new()),
+                })
+                .collect()
+        };
+        if let Err(error) = self.inner.db.flush() {
+            let detail = error.to_string();
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Err(StoreError::Io(detail.clone()));
+            }
+        }
+        outcomes
     }
 
     /// Flushes made by the group-commit flusher since the store opened.
@@ -329,15 +380,24 @@ impl Store {
     /// [`Store::flush`]; `intent` ends once the request is queued, so the flusher never
     /// sees the writer as neither outstanding nor waiting.
     async fn flush_releasing(&self, intent: Option<WriteIntent>) -> Result<(), StoreError> {
-        let (sender, receiver) = oneshot::channel();
-        let queued = self.inner.flush_requests.send(sender);
+        self.through_flusher(None, intent).await.map(drop)
+    }
+
+    /// Hands `writes` (if any) to the group-commit flusher and waits until they, and
+    /// everything written before, are durable. `intent` ends once the request is queued.
+    async fn through_flusher(
+        &self,
+        writes: Option<PendingWrite>,
+        intent: Option<WriteIntent>,
+    ) -> Result<Vec<Interaction>, StoreError> {
+        let (reply, receiver) = oneshot::channel();
+        let queued = self
+            .inner
+            .flush_requests
+            .send(FlushWaiter { writes, reply });
         drop(intent);
         queued.map_err(|_| StoreError::Closed)?;
-        match receiver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(detail)) => Err(StoreError::Io(detail)),
-            Err(_) => Err(StoreError::Closed),
-        }
+        receiver.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Flushes synchronously; for shutdown and for commands without a runtime flusher.
@@ -354,9 +414,8 @@ impl Store {
         key: MatchKey,
         interaction: Interaction,
     ) -> Result<Interaction, StoreError> {
-        let mut stored = self.insert_all(fingerprint, vec![(key, interaction)])?;
-        self.flush().await?;
-        stored.pop().ok_or(StoreError::Closed)
+        self.append_through_flusher(fingerprint, key, interaction, None)
+            .await
     }
 
     /// [`Store::append`] for a writer that announced itself: the intent ends once its
@@ -368,8 +427,22 @@ impl Store {
         key: MatchKey,
         interaction: Interaction,
     ) -> Result<Interaction, StoreError> {
-        let mut stored = self.insert_all(fingerprint, vec![(key, interaction)])?;
-        self.flush_releasing(Some(intent)).await?;
+        self.append_through_flusher(fingerprint, key, interaction, Some(intent))
+            .await
+    }
+
+    async fn append_through_flusher(
+        &self,
+        fingerprint: u64,
+        key: MatchKey,
+        interaction: Interaction,
+        intent: Option<WriteIntent>,
+    ) -> Result<Interaction, StoreError> {
+        let write = PendingWrite {
+            fingerprint,
+            records: vec![(key, interaction)],
+        };
+        let mut stored = self.through_flusher(Some(write), intent).await?;
         stored.pop().ok_or(StoreError::Closed)
     }
 
@@ -385,6 +458,15 @@ impl Store {
             .index_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        self.insert_locked(fingerprint, records)
+    }
+
+    /// [`Store::insert_all`] for a caller that holds the index lock.
+    fn insert_locked(
+        &self,
+        fingerprint: u64,
+        records: Vec<(MatchKey, Interaction)>,
+    ) -> Result<Vec<Interaction>, StoreError> {
         let mut stored = Vec::with_capacity(records.len());
         let mut touched: Vec<String> = Vec::new();
         for (key, mut interaction) in records {
@@ -1112,6 +1194,58 @@ mod tests {
         assert_eq!(store.flushes(), 1, "both writers shared one flush");
         assert!(store.is_recorded("c", 1, &MatchKey([1; 32])).expect("read"));
         assert!(store.is_recorded("c", 1, &MatchKey([2; 32])).expect("read"));
+    }
+
+    /// The flusher inserts a round's interactions itself: in the order their writers
+    /// asked, so one request's episodes keep their order however the round is shared.
+    #[tokio::test]
+    async fn a_shared_round_inserts_in_the_order_writers_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = delayed_store(dir.path());
+        let announced = store.intend_write();
+        let mut writers = Vec::new();
+        for status in [200, 201, 202] {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                store
+                    .append(1, MatchKey([1; 32]), interaction("c", status))
+                    .await
+            }));
+            settle().await;
+        }
+        assert_eq!(
+            store.flushes(),
+            0,
+            "the round waits for the announced writer"
+        );
+        let last = tokio::time::timeout(
+            BOUND,
+            store.append_intended(announced, 1, MatchKey([1; 32]), interaction("c", 203)),
+        )
+        .await
+        .expect("the last announced writer ends the wait")
+        .expect("append");
+        let mut stored = Vec::new();
+        for writer in writers {
+            let interaction = tokio::time::timeout(BOUND, writer)
+                .await
+                .expect("flushed in the same round")
+                .expect("task")
+                .expect("append");
+            stored.push(interaction);
+        }
+        stored.push(last);
+        assert_eq!(store.flushes(), 1, "all four shared one flush");
+        let statuses: Vec<u16> = stored.iter().map(|i| i.response.status).collect();
+        assert_eq!(statuses, [200, 201, 202, 203]);
+        assert!(
+            stored.windows(2).all(|pair| pair[0].id < pair[1].id),
+            "ids follow the order of asking: {:?}",
+            stored.iter().map(|i| i.id).collect::<Vec<_>>()
+        );
+        assert!(stored.iter().all(|i| i.schema == SCHEMA_VERSION));
+        let listed = store.interactions("c", 10).expect("list");
+        assert_eq!(listed, stored, "stored as answered, in recording order");
     }
 
     #[tokio::test]
