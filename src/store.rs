@@ -29,7 +29,7 @@ use crate::record::{Interaction, StoredFormError, StoredReply, SCHEMA_VERSION};
 
 mod audit;
 mod episodes;
-pub use audit::{AuditFiles, LogFile, AUDIT_DIR, FILE_BYTES};
+pub use audit::{AuditFiles, AuditTail, LogFile, AUDIT_DIR, FILE_BYTES};
 use episodes::EpisodeCache;
 
 /// File in the store directory naming the process that holds it.

@@ -31,7 +31,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::query::age;
 use super::{hex, AuditBody, AuditError, AuditRecord, ChainPoint, RecordStamp, AUDIT_SCHEMA};
 use crate::config::AuditConfig;
-use crate::store::{LogFile, Store, StoreError};
+use crate::store::{AuditTail, LogFile, Store, StoreError};
 
 /// Queue slots beyond [`QUEUE`] for `Sync` and `Close` messages.
 const CONTROL_SLOTS: usize = 256;
@@ -231,6 +231,9 @@ struct State {
     /// A pruning failed part-way: records at or before the anchor are left to remove
     /// before retention may pick a new anchor (one behind the old would break the chain).
     unfinished_pruning: bool,
+    /// The newest file, kept open between rounds; forgotten whenever the files change
+    /// otherwise (pruning, a repair).
+    tail: AuditTail,
 }
 
 struct AuditLogSettings {
@@ -276,6 +279,7 @@ impl State {
                 .checked_sub(Duration::from_secs(1))
                 .unwrap_or_else(Instant::now),
             unfinished_pruning: false,
+            tail: AuditTail::default(),
         })
     }
 }
@@ -412,7 +416,12 @@ impl State {
             hash: hex(&previous),
         };
         let first = self.head.seq + 1;
-        match self.store.audit().write(&batch, self.records_per_file()) {
+        let records_per_file = self.records_per_file();
+        match self
+            .store
+            .audit()
+            .write_at(&mut self.tail, &batch, records_per_file)
+        {
             Ok(closed) => {
                 // Remember how each closed file ends, so retention need not read it back.
                 for last in closed {
@@ -519,7 +528,11 @@ impl State {
             return;
         }
         self.last_head_sync = Instant::now();
-        match self.store.audit().set_head(&self.head.to_bytes()) {
+        match self
+            .store
+            .audit()
+            .set_head_at(&mut self.tail, &self.head.to_bytes())
+        {
             Ok(()) => self.synced_head = self.head.seq,
             Err(error) => tracing::error!(%error, "the audit trail cannot be synced"),
         }
@@ -567,6 +580,7 @@ impl State {
     /// record becomes the anchor.
     fn retain(&mut self, force: bool) {
         if self.unfinished_pruning {
+            self.tail.forget();
             if let Err(error) = finish_pruning(&self.store) {
                 tracing::error!(%error, "audit pruning still fails");
                 return;
@@ -639,6 +653,8 @@ impl State {
         let Some(anchor) = anchor else {
             return;
         };
+        // A pruning may rewrite the newest file under another name.
+        self.tail.forget();
         match self.store.audit().prune(anchor.seq, &anchor.to_bytes()) {
             Ok(removed) => {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
