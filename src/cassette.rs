@@ -75,20 +75,78 @@ pub fn export_har(store: &Store, cassette: &str, base_url: &str) -> Result<Strin
 
 /// Parses an export document.
 pub fn parse_export(text: &str, origin: &Path) -> Result<ExportDocument, AppError> {
-    let document: ExportDocument = serde_json::from_str(text).map_err(|e| {
+    let document: ExportDocument = parse_document(text, origin)?;
+    check_export_version(document.graphvcr_export, origin)?;
+    Ok(document)
+}
+
+fn parse_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+) -> Result<T, AppError> {
+    serde_json::from_str(text).map_err(|e| {
         AppError::Other(format!(
             "{} is not a graphvcr export document: {e}",
             origin.display()
         ))
-    })?;
-    if document.graphvcr_export > EXPORT_VERSION {
+    })
+}
+
+fn check_export_version(version: u32, origin: &Path) -> Result<(), AppError> {
+    if version > EXPORT_VERSION {
         return Err(AppError::Other(format!(
-            "{} is export version {}, newer than this graphvcr reads ({EXPORT_VERSION})",
+            "{} is export version {version}, newer than this graphvcr reads ({EXPORT_VERSION})",
             origin.display(),
-            document.graphvcr_export
         )));
     }
-    Ok(document)
+    Ok(())
+}
+
+/// An export document as import reads it: each interaction becomes an [`Interaction`] as
+/// soon as it is parsed, so its exported form (a JSON body as a `Value`, several times
+/// the body's size) is gone before the next one is read.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportForImport {
+    graphvcr_export: u32,
+    cassette: String,
+    #[serde(deserialize_with = "interactions_as_read")]
+    interactions: Vec<Interaction>,
+}
+
+fn interactions_as_read<'de, D>(deserializer: D) -> Result<Vec<Interaction>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct EachInteraction;
+
+    impl<'de> serde::de::Visitor<'de> for EachInteraction {
+        type Value = Vec<Interaction>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of interactions")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut interactions = Vec::new();
+            while let Some(exported) = seq.next_element::<ExportedInteraction>()? {
+                // The cassette is the document's, known once the whole document is read.
+                let interaction = exported.into_interaction("").map_err(|e| {
+                    serde::de::Error::custom(format_args!(
+                        "interaction {}: a base64 body does not decode: {e}",
+                        interactions.len()
+                    ))
+                })?;
+                interactions.push(interaction);
+            }
+            Ok(interactions)
+        }
+    }
+
+    deserializer.deserialize_seq(EachInteraction)
 }
 
 /// A document read for import: the cassette name it suggests and its interactions.
@@ -100,10 +158,10 @@ pub struct Imported {
 /// Reads a graphvcr export document or a HAR 1.2 file (told apart by their top-level
 /// member); `fallback_name` names a HAR's cassette, which HAR itself cannot carry.
 pub fn parse_any(text: &str, origin: &Path, fallback_name: &str) -> Result<Imported, AppError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| AppError::Other(format!("{} is not JSON: {e}", origin.display())))?;
-    if value.get("log").is_some() {
-        let document: har::Har = serde_json::from_value(value).map_err(|e| {
+    if is_har(text)
+        .map_err(|e| AppError::Other(format!("{} is not JSON: {e}", origin.display())))?
+    {
+        let document: har::Har = serde_json::from_str(text).map_err(|e| {
             AppError::Other(format!(
                 "{} is not a HAR 1.2 document: {e}",
                 origin.display()
@@ -124,25 +182,30 @@ pub fn parse_any(text: &str, origin: &Path, fallback_name: &str) -> Result<Impor
             interactions,
         });
     }
-    let document = parse_export(text, origin)?;
-    let cassette = document.cassette.clone();
-    let interactions = document
-        .interactions
-        .into_iter()
-        .enumerate()
-        .map(|(i, exported)| {
-            exported.into_interaction(&cassette).map_err(|e| {
-                AppError::Other(format!(
-                    "{} interaction {i}: a base64 body does not decode: {e}",
-                    origin.display()
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let document: ExportForImport = parse_document(text, origin)?;
+    check_export_version(document.graphvcr_export, origin)?;
+    let mut interactions = document.interactions;
+    for interaction in &mut interactions {
+        interaction.cassette.clone_from(&document.cassette);
+    }
     Ok(Imported {
-        cassette,
+        cassette: document.cassette,
         interactions,
     })
+}
+
+/// Whether a JSON document is a HAR file (it has a top-level `log`), read without building
+/// it: a `serde_json::Value` of a large document took about ten times the document's size
+/// in memory, before the typed parse that follows took as much again.
+fn is_har(text: &str) -> Result<bool, serde_json::Error> {
+    // The top level's member names alone; their values are skipped.
+    type TopLevel = BTreeMap<String, serde::de::IgnoredAny>;
+    match serde_json::from_str::<TopLevel>(text) {
+        Ok(top) => Ok(top.contains_key("log")),
+        // JSON, but not an object with members: the export parse says what is wrong.
+        Err(e) if e.is_data() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Stores an export document under `name` (default: the document's own).
@@ -773,4 +836,70 @@ fn document_interactions(document: ExportDocument) -> Result<Vec<Interaction>, A
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(second_body: &str) -> String {
+        let interaction = |id: u64, body: &str| {
+            format!(
+                r#"{{"id":{id},"recorded_at":"2026-01-01T00:00:00Z","upstream_latency_ms":1.0,
+                "request":{{"method":"PATCH","uri":"/v1.0/x/{id}","headers":[],"body_json":{{"b":1,"a":2}}}},
+                "response":{{"status":204,"headers":[],{body}}}}}"#
+            )
+        };
+        format!(
+            r#"{{"graphvcr_export":1,"interactions":[{},{}],"cassette":"suite"}}"#,
+            interaction(4, r#""body_text":"""#),
+            interaction(9, second_body)
+        )
+    }
+
+    fn parsed(text: &str) -> Result<Imported, String> {
+        parse_any(text, Path::new("doc.json"), "fallback").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_export_is_read_whole_whatever_the_order_of_its_members() {
+        let imported = parsed(&document(r#""body_base64":"AAE=""#)).expect("reads");
+        assert_eq!(imported.cassette, "suite");
+        let ids: Vec<u64> = imported.interactions.iter().map(|i| i.id).collect();
+        assert_eq!(ids, [4, 9]);
+        for interaction in &imported.interactions {
+            assert_eq!(interaction.cassette, "suite", "named after the document");
+            assert_eq!(&interaction.request.body[..], br#"{"b":1,"a":2}"#);
+        }
+        assert_eq!(&imported.interactions[1].response.body[..], [0, 1]);
+    }
+
+    #[test]
+    fn a_bad_document_is_refused_with_what_is_wrong_and_where() {
+        let refused = |text: &str| parsed(text).err().unwrap_or_default();
+        let bad_body = refused(&document(r#""body_base64":"not base64!""#));
+        assert!(
+            bad_body.contains("doc.json is not a graphvcr export document")
+                && bad_body.contains("interaction 1: a base64 body does not decode"),
+            "{bad_body}"
+        );
+        let cut = document(r#""body_text":"""#);
+        let cut = refused(&cut[..cut.len() - 20]);
+        assert!(cut.starts_with("doc.json is not JSON: EOF"), "{cut}");
+        let not_an_object = refused("[1, 2]");
+        assert!(
+            not_an_object.starts_with("doc.json is not a graphvcr export document"),
+            "{not_an_object}"
+        );
+        let newer = refused(
+            &document(r#""body_text":"""#)
+                .replace(r#""graphvcr_export":1"#, r#""graphvcr_export":7"#),
+        );
+        assert!(newer.contains("export version 7, newer"), "{newer}");
+        let har = refused(r#"{"log":{"version":"1.2"}}"#);
+        assert!(
+            har.starts_with("doc.json is not a HAR 1.2 document"),
+            "{har}"
+        );
+    }
 }

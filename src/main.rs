@@ -196,9 +196,11 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             store,
         } => {
             let (store, config) = open(&store)?;
-            let text = cassette::read_file(&file)?;
-            let imported =
-                cassette::parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?;
+            // The document's text goes before its interactions are stored.
+            let imported = {
+                let text = cassette::read_file(&file)?;
+                cassette::parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?
+            };
             let name = as_name.unwrap_or(imported.cassette);
             let count = cassette::import_interactions(
                 &store,

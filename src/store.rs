@@ -118,6 +118,13 @@ struct FlushWaiter {
     reply: oneshot::Sender<Result<Vec<Interaction>, StoreError>>,
 }
 
+/// What [`Store::insert_all`] inserts after the records: their index entries, and the
+/// markers of the indexes they complete again.
+struct DeferredIndex {
+    entries: Vec<Vec<u8>>,
+    unmarked: Vec<Vec<u8>>,
+}
+
 /// Interactions one writer hands the flusher, indexed for the rules `fingerprint`.
 struct PendingWrite {
     fingerprint: u64,
@@ -342,7 +349,7 @@ impl Store {
             writes
                 .into_iter()
                 .map(|write| match write {
-                    Some(write) => self.insert_locked(write.fingerprint, write.records),
+                    Some(write) => self.insert_locked(write.fingerprint, write.records, None),
                     None => Ok(Vec::new()),
                 })
                 .collect()
@@ -448,6 +455,13 @@ impl Store {
 
     /// Inserts interactions in order (later ones become later episodes), indexed for the
     /// rules `fingerprint`. Not yet durable: call [`Store::flush`] or [`Store::flush_now`].
+    ///
+    /// For many interactions at once (an import): their index entries go in after the
+    /// records, sorted, rather than each after its record. An entry's key starts with
+    /// its match key, a hash, so one at a time they land on random leaves of the index
+    /// tree, which sled must find, often read back and split; sorted they fill leaves in
+    /// order. Until the last entry is in, the cassette's index is not marked complete, so
+    /// an import cut short by a crash is re-indexed from its records on first use.
     pub fn insert_all(
         &self,
         fingerprint: u64,
@@ -458,14 +472,44 @@ impl Store {
             .index_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        self.insert_locked(fingerprint, records)
+        let mut deferred = DeferredIndex {
+            entries: Vec::with_capacity(records.len()),
+            unmarked: Vec::new(),
+        };
+        let stored = self.insert_locked(fingerprint, records, Some(&mut deferred))?;
+        self.insert_index_entries(deferred.entries)?;
+        // Only the indexes that were complete before: the others still need a rebuild.
+        for marker in deferred.unmarked {
+            self.inner.indexes.insert(&marker, &[][..])?;
+            self.complete().insert(marker);
+        }
+        Ok(stored)
     }
 
-    /// [`Store::insert_all`] for a caller that holds the index lock.
+    /// Index entries in key order (see [`Store::insert_all`]).
+    fn insert_index_entries(&self, mut entries: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        entries.sort_unstable();
+        for entry in entries {
+            self.inner.index.insert(entry, &[][..])?;
+        }
+        Ok(())
+    }
+
+    fn complete(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+        self.inner
+            .complete
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Store::insert_all`] for a caller that holds the index lock. With `deferred`, the
+    /// index entries are handed back there instead of inserted, and the touched
+    /// cassettes' indexes are left unmarked until the caller has inserted them.
     fn insert_locked(
         &self,
         fingerprint: u64,
         records: Vec<(MatchKey, Interaction)>,
+        mut deferred: Option<&mut DeferredIndex>,
     ) -> Result<Vec<Interaction>, StoreError> {
         let mut stored = Vec::with_capacity(records.len());
         let mut touched: Vec<String> = Vec::new();
@@ -473,6 +517,13 @@ impl Store {
             let cassette = interaction.cassette.clone();
             if !touched.contains(&cassette) {
                 self.prepare_cassette_for_insert(&cassette, fingerprint)?;
+                if let Some(deferred) = deferred.as_deref_mut() {
+                    let marker = index_marker(&cassette, fingerprint);
+                    self.complete().remove(&marker);
+                    if self.inner.indexes.remove(&marker)?.is_some() {
+                        deferred.unmarked.push(marker);
+                    }
+                }
                 touched.push(cassette.clone());
             }
             interaction.id = self.inner.db.generate_id()?;
@@ -485,7 +536,12 @@ impl Store {
             self.inner
                 .interactions
                 .insert(data_key, interaction.to_bytes())?;
-            self.inner.index.insert(index_key, &[][..])?;
+            match deferred.as_deref_mut() {
+                Some(deferred) => deferred.entries.push(index_key),
+                None => {
+                    self.inner.index.insert(index_key, &[][..])?;
+                }
+            }
             stored.push(interaction);
         }
         for cassette in &touched {
@@ -611,7 +667,7 @@ impl Store {
             for key in self.inner.index.scan_prefix(&fingerprint_prefix).keys() {
                 self.inner.index.remove(key?)?;
             }
-            let mut count = 0usize;
+            let mut entries = Vec::new();
             for entry in self
                 .inner
                 .interactions
@@ -621,9 +677,10 @@ impl Store {
                 let interaction = decode(&data_key, &value)?;
                 let mut index_key = episode_prefix(cassette, fingerprint, &key_of(&interaction));
                 index_key.extend_from_slice(&interaction.id.to_be_bytes());
-                self.inner.index.insert(index_key, &[][..])?;
-                count += 1;
+                entries.push(index_key);
             }
+            let count = entries.len();
+            self.insert_index_entries(entries)?;
             self.inner.indexes.insert(&marker, &[][..])?;
             self.inner.episodes.forget(cassette);
             // A complete index for other rules than the last insert's: the next insert
@@ -1362,6 +1419,76 @@ mod tests {
         );
         assert!(damaged.to_string().contains("first byte 0x67"), "{damaged}");
         assert_eq!(reply(1).expect("others still read").id, old.id);
+    }
+
+    /// A bulk insert writes its index entries after its records, sorted: every record is
+    /// found, episodes keep their insertion order, and only an index that was complete
+    /// before is marked complete after.
+    #[tokio::test]
+    async fn a_bulk_insert_indexes_every_record_and_marks_only_complete_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        // Keys in an order unlike their sorted one; status 200 + i, two episodes of key 7.
+        let key = |status: u16| MatchKey([((status - 200) % 8 * 37 % 256) as u8; 32]);
+        let key_of = |i: &Interaction| key(i.response.status % 100 + 200);
+        let batch = |statuses: &[u16]| {
+            statuses
+                .iter()
+                .map(|&status| (key(status % 100 + 200), interaction("c", status)))
+                .collect::<Vec<_>>()
+        };
+        let first = |fingerprint, status: u16| {
+            let policy = EpisodePolicy {
+                order: ReplayOrder::First,
+                exhausted: Exhausted::RepeatLast,
+                recorded_after: None,
+            };
+            match store
+                .next_episode("c", fingerprint, &key(status), policy)
+                .expect("read")
+            {
+                Lookup::Hit(episode) => (episode.reply.response.status, episode.count),
+                other => panic!("{status}: {other:?}"),
+            }
+        };
+        store
+            .insert_all(1, batch(&[205, 207, 201, 203, 307, 200]))
+            .expect("insert");
+        assert!(store.index_ready("c", 1) && store.index_built("c", 1).expect("read"));
+        for status in [200, 201, 203, 205] {
+            assert_eq!(first(1, status), (status, 1));
+        }
+        assert_eq!(first(1, 207), (207, 2), "the earlier episode first");
+
+        // Under other rules the cassette is not empty, so their index is incomplete, and
+        // a bulk insert must not mark it complete.
+        store.insert_all(2, batch(&[202])).expect("insert");
+        assert!(
+            !store.index_built("c", 1).expect("read"),
+            "rules 1 went stale"
+        );
+        assert!(
+            !store.index_built("c", 2).expect("read"),
+            "never built for rules 2"
+        );
+        store.ensure_index("c", 2, &key_of).expect("index rules 2");
+        for status in [200, 202, 203] {
+            assert_eq!(first(2, status), (status, 1));
+        }
+        assert_eq!(first(2, 207), (207, 2));
+        store.insert_all(2, batch(&[204])).expect("insert");
+        assert!(
+            store.index_built("c", 2).expect("read"),
+            "complete before, so after"
+        );
+        assert_eq!(first(2, 204), (204, 1));
+
+        // As a restart sees it: the markers are in sled, not only in memory.
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        assert!(!store.index_ready("c", 2), "nothing in memory yet");
+        assert!(store.index_built("c", 2).expect("read"));
+        assert!(!store.index_built("c", 1).expect("read"));
     }
 
     /// Lookups remember episode ids; every kind of index write must show through.

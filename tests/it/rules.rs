@@ -380,6 +380,22 @@ async fn json_and_har_exports_round_trip_losslessly() {
         scratch.path(),
     );
     assert!(status.success(), "{stderr}");
+    // A document cut short is refused by name, and the cassette it would have filled
+    // keeps what it holds (checked by the replay below).
+    let exported = std::fs::read_to_string(&json_file).expect("export");
+    let cut_file = scratch.arg("cut.json");
+    std::fs::write(&cut_file, &exported[..exported.len() / 2]).expect("write");
+    let (status, _, stderr) = run(
+        &[
+            "cassette", "import", &cut_file, "--as", "default", "--store", &store,
+        ],
+        scratch.path(),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cut.json is not JSON: EOF while parsing"),
+        "{stderr}"
+    );
     let replayer = proxy(&scratch, "replay", "http://127.0.0.1:9", &[]);
     assert_eq!(
         replay_all(&replayer, "default", &requests).await,
