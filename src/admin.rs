@@ -340,7 +340,10 @@ impl Admin {
         })
         .await?
         .ok_or(AdminError::NotFound(missing))?;
-        Ok(json_ok(serde_json::to_value(document).unwrap_or_default()))
+        // Written straight from the document: a `Value` of it first took as much again.
+        let text = serde_json::to_string(&document)
+            .map_err(|e| AdminError::Internal(format!("cannot write the document: {e}")))?;
+        Ok(text_ok("application/json", text))
     }
 
     /// Imports an export document or a HAR 1.2 file into cassette `name`.

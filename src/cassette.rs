@@ -33,13 +33,21 @@ fn io_error(e: std::io::Error) -> AppError {
 /// Every interaction of an existing cassette, in recording order.
 fn load(store: &Store, cassette: &str) -> Result<Vec<Interaction>, AppError> {
     let interactions = store.interactions(cassette, usize::MAX)?;
-    if interactions.is_empty() && !store.cassettes()?.iter().any(|c| c.name == cassette) {
-        return Err(AppError::Other(format!(
-            "no cassette named '{cassette}' in {}",
-            store.path().display()
-        )));
+    if interactions.is_empty() {
+        ensure_exists(store, cassette)?;
     }
     Ok(interactions)
+}
+
+/// For a cassette with no interactions: whether it exists at all.
+fn ensure_exists(store: &Store, cassette: &str) -> Result<(), AppError> {
+    if store.cassettes()?.iter().any(|c| c.name == cassette) {
+        return Ok(());
+    }
+    Err(AppError::Other(format!(
+        "no cassette named '{cassette}' in {}",
+        store.path().display()
+    )))
 }
 
 /// A cassette as an export document.
@@ -54,23 +62,133 @@ pub fn export(store: &Store, cassette: &str) -> Result<ExportDocument, AppError>
     })
 }
 
-/// Pretty JSON with a trailing newline, stable for git diffs.
-pub fn export_text(document: &ExportDocument) -> String {
-    let mut text = serde_json::to_string_pretty(document).unwrap_or_default();
-    text.push('\n');
-    text
+/// `cassette export` on the store itself: the document is written as the store is read,
+/// so a cassette of any size takes about one interaction's worth of memory (building the
+/// document first took about five times its size).
+pub fn run_export(
+    store: &Store,
+    cassette: &str,
+    format: ExportFormat,
+    base_url: &str,
+    path: Option<&Path>,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
+    let mut interactions = store.each_interaction(cassette).peekable();
+    if interactions.peek().is_none() {
+        ensure_exists(store, cassette)?;
+    }
+    write_output(cassette, path, out, |out| match format {
+        ExportFormat::Json => write_pretty(
+            out,
+            &StreamedExport {
+                graphvcr_export: EXPORT_VERSION,
+                cassette,
+                interactions: Streamed::new(
+                    interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
+                ),
+            },
+        ),
+        ExportFormat::Har => write_har(interactions, base_url, out),
+    })
 }
 
-/// A cassette as a HAR 1.2 document; `base_url` completes reverse-mode URLs.
-pub fn export_har(store: &Store, cassette: &str, base_url: &str) -> Result<String, AppError> {
+/// An [`ExportDocument`] whose interactions are written as they are read.
+#[derive(serde::Serialize)]
+#[serde(bound(serialize = "Streamed<I>: serde::Serialize"))]
+struct StreamedExport<'a, I> {
+    graphvcr_export: u32,
+    cassette: &'a str,
+    interactions: Streamed<I>,
+}
+
+/// A sequence serialized from an iterator without collecting it; the first error ends the
+/// document with that error.
+struct Streamed<I>(std::cell::RefCell<Option<I>>);
+
+impl<I> Streamed<I> {
+    fn new(items: I) -> Self {
+        Self(std::cell::RefCell::new(Some(items)))
+    }
+}
+
+impl<I, T, E> serde::Serialize for Streamed<I>
+where
+    I: Iterator<Item = Result<T, E>>,
+    T: serde::Serialize,
+    E: std::fmt::Display,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq as _};
+        let items = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| S::Error::custom("a streamed sequence is written once"))?;
+        let mut seq = serializer.serialize_seq(None)?;
+        for item in items {
+            seq.serialize_element(&item.map_err(S::Error::custom)?)?;
+        }
+        seq.end()
+    }
+}
+
+/// Interactions as a HAR 1.2 document; `base_url` completes reverse-mode URLs.
+fn write_har<E: std::fmt::Display>(
+    interactions: impl Iterator<Item = Result<Interaction, E>>,
+    base_url: &str,
+    out: &mut dyn Write,
+) -> Result<(), AppError> {
     let base_url = base_url.trim_end_matches('/');
-    let entries = load(store, cassette)?
-        .iter()
-        .map(|i| har::entry_from_interaction(i, base_url))
-        .collect();
-    let mut text = serde_json::to_string_pretty(&har::document(entries)).unwrap_or_default();
-    text.push('\n');
-    Ok(text)
+    let entries = interactions.map(|i| i.map(|i| har::entry_from_interaction(&i, base_url)));
+    write_pretty(out, &har::document(Streamed::new(entries)))
+}
+
+/// Pretty JSON with a trailing newline: stable for git diffs.
+fn write_pretty(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AppError> {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
+        if e.is_io() {
+            AppError::Other(format!("cannot write output: {e}"))
+        } else {
+            AppError::Other(format!("cannot export: {e}"))
+        }
+    })?;
+    out.write_all(b"\n")
+        .and_then(|()| out.flush())
+        .map_err(io_error)
+}
+
+/// Writes an export to `out`, or to `path` through a file beside it that replaces `path`
+/// only once complete: an export that fails part-way leaves an earlier file as it was.
+fn write_output(
+    cassette: &str,
+    path: Option<&Path>,
+    out: &mut impl Write,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), AppError>,
+) -> Result<(), AppError> {
+    let Some(path) = path else {
+        return write(out);
+    };
+    let cannot =
+        |e: std::io::Error| AppError::Other(format!("cannot write {}: {e}", path.display()));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = path.with_file_name(format!(".{file_name}.partial"));
+    let written = std::fs::File::create(&partial)
+        .map_err(cannot)
+        .and_then(|mut file| {
+            write(&mut file)?;
+            file.sync_all().map_err(cannot)
+        })
+        .and_then(|()| std::fs::rename(&partial, path).map_err(cannot));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
+    eprintln!("exported cassette '{cassette}' to {}", path.display());
+    Ok(())
 }
 
 /// Parses an export document.
@@ -691,9 +809,7 @@ pub async fn run_suggest(
 }
 
 /// Runs a `cassette` subcommand through the admin API of the proxy that holds the
-/// store. `verify` and `suggest` read the cassette from it and compare here./// Runs a `cassette` subcommand through the admin API of the proxy that holds the
-/// store: list, show, export, import, delete and prune. `verify` and `suggest` need the
-/// store itself.
+/// store. `verify` and `suggest` read the cassette from it and compare here.
 pub async fn run_remote(
     command: CassetteCommand,
     remote: &Remote,
@@ -720,29 +836,17 @@ pub async fn run_remote(
             ..
         } => {
             let document = fetch_remote(remote, &name).await?;
-            let text = match format {
-                ExportFormat::Json => export_text(&document),
+            write_output(&name, path.as_deref(), out, |out| match format {
+                ExportFormat::Json => write_pretty(out, &document),
                 ExportFormat::Har => {
-                    let base_url = base_url.trim_end_matches('/');
-                    let entries = document_interactions(document)?
-                        .iter()
-                        .map(|i| har::entry_from_interaction(i, base_url))
-                        .collect();
-                    let mut text =
-                        serde_json::to_string_pretty(&har::document(entries)).unwrap_or_default();
-                    text.push('\n');
-                    text
+                    let interactions = document_interactions(document)?;
+                    write_har(
+                        interactions.into_iter().map(Ok::<_, AppError>),
+                        &base_url,
+                        out,
+                    )
                 }
-            };
-            match path {
-                None => out.write_all(text.as_bytes()).map_err(io_error)?,
-                Some(path) => {
-                    std::fs::write(&path, text).map_err(|e| {
-                        AppError::Other(format!("cannot write {}: {e}", path.display()))
-                    })?;
-                    eprintln!("exported cassette '{name}' to {}", path.display());
-                }
-            }
+            })?;
         }
         CassetteCommand::Import { file, as_name, .. } => {
             let text = read_file(&file)?;
@@ -859,6 +963,112 @@ mod tests {
 
     fn parsed(text: &str) -> Result<Imported, String> {
         parse_any(text, Path::new("doc.json"), "fallback").map_err(|e| e.to_string())
+    }
+
+    fn stored(bodies: &[&[u8]]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let records = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let interaction = Interaction {
+                    schema: crate::record::SCHEMA_VERSION,
+                    id: 0,
+                    cassette: "c".to_owned(),
+                    recorded_at: "2026-01-01T00:00:00Z".to_owned(),
+                    upstream_latency_ms: 1.5,
+                    request: crate::record::RecordedRequest {
+                        method: "PATCH".into(),
+                        uri: format!("/v1.0/x/{i}"),
+                        host: None,
+                        headers: vec![crate::record::Header::new(
+                            "content-type",
+                            b"application/json",
+                        )],
+                        body: bytes::Bytes::copy_from_slice(body),
+                    },
+                    response: crate::record::RecordedResponse {
+                        status: 200,
+                        headers: vec![],
+                        body: bytes::Bytes::copy_from_slice(body),
+                    },
+                };
+                (matching::MatchKey([i as u8; 32]), interaction)
+            })
+            .collect();
+        store.insert_all(1, records).expect("insert");
+        (dir, store)
+    }
+
+    /// What export wrote before it streamed: the document built whole, then printed.
+    fn built_whole(store: &Store, format: ExportFormat) -> Vec<u8> {
+        let mut text = match format {
+            ExportFormat::Json => {
+                serde_json::to_string_pretty(&export(store, "c").expect("export")).expect("json")
+            }
+            ExportFormat::Har => {
+                let entries: Vec<har::Entry> = load(store, "c")
+                    .expect("load")
+                    .iter()
+                    .map(|i| har::entry_from_interaction(i, "https://graph.example"))
+                    .collect();
+                serde_json::to_string_pretty(&har::document(entries)).expect("json")
+            }
+        };
+        text.push('\n');
+        text.into_bytes()
+    }
+
+    #[test]
+    fn a_streamed_export_writes_the_bytes_of_the_whole_document() {
+        let (_dir, store) = stored(&[br#"{"b":1,"a":[true]}"#, b"plain", b"\xff\x00", b""]);
+        for format in [ExportFormat::Json, ExportFormat::Har] {
+            let mut out = Vec::new();
+            run_export(
+                &store,
+                "c",
+                format,
+                "https://graph.example/",
+                None,
+                &mut out,
+            )
+            .expect("export");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&built_whole(&store, format))
+            );
+        }
+        let (_dir, empty) = stored(&[]);
+        let missing = run_export(&empty, "c", ExportFormat::Json, "", None, &mut Vec::new());
+        assert!(
+            missing.is_err_and(|e| e.to_string().starts_with("no cassette named 'c'")),
+            "a cassette that does not exist is an error"
+        );
+    }
+
+    #[test]
+    fn an_export_that_fails_part_way_leaves_the_earlier_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, "earlier\n").expect("write");
+        let failed = write_output("c", Some(&path), &mut Vec::new(), |out| {
+            out.write_all(b"{\"half\":").map_err(io_error)?;
+            Err(AppError::Other("the store broke".into()))
+        });
+        assert!(failed.is_err_and(|e| e.to_string() == "the store broke"));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "earlier\n");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["c.json"], "no partial file left behind");
+
+        write_output("c", Some(&path), &mut Vec::new(), |out| {
+            out.write_all(b"complete\n").map_err(io_error)
+        })
+        .expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "complete\n");
     }
 
     #[test]

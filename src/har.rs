@@ -16,15 +16,17 @@ use crate::record::{
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Har {
-    pub log: Log,
+pub struct Har<E = Vec<Entry>> {
+    pub log: Log<E>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Log {
+pub struct Log<E = Vec<Entry>> {
     pub version: String,
     pub creator: Creator,
-    pub entries: Vec<Entry>,
+    /// A `Vec` read in; written out, also anything that serializes as a sequence of
+    /// entries (an export streams them from the store).
+    pub entries: E,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,7 +290,7 @@ pub fn entry_from_interaction(interaction: &Interaction, base_url: &str) -> Entr
 }
 
 /// A whole HAR document.
-pub fn document(entries: Vec<Entry>) -> Har {
+pub fn document<E>(entries: E) -> Har<E> {
     Har {
         log: Log {
             version: "1.2".to_owned(),

@@ -1,14 +1,13 @@
 //! The `graphvcr` binary: parse the command line, start logging, resolve the config,
 //! run, and map the outcome to an exit code (0 ok, 1 failure, 2 bad usage or config).
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use graphvcr::app::{self, AppError};
 use graphvcr::ca::CertificateAuthority;
-use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command, ExportFormat};
+use graphvcr::cli::{CaCommand, CassetteCommand, Cli, Command};
 use graphvcr::config::Config;
 use graphvcr::emulate::EmulatorOptions;
 use graphvcr::remote::{self, Target};
@@ -175,20 +174,14 @@ async fn run_cassette(command: CassetteCommand) -> anyhow::Result<()> {
             store,
         } => {
             let (store, _) = open(&store)?;
-            let text = match format {
-                ExportFormat::Json => cassette::export_text(&cassette::export(&store, &name)?),
-                ExportFormat::Har => cassette::export_har(&store, &name, &base_url)?,
-            };
-            match out {
-                None => stdout
-                    .write_all(text.as_bytes())
-                    .context("cannot write output")?,
-                Some(path) => {
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    eprintln!("exported cassette '{name}' to {}", path.display());
-                }
-            }
+            cassette::run_export(
+                &store,
+                &name,
+                format,
+                &base_url,
+                out.as_deref(),
+                &mut stdout,
+            )?;
         }
         CassetteCommand::Import {
             file,

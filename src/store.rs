@@ -892,6 +892,21 @@ impl Store {
             .clear();
     }
 
+    /// Every interaction of `cassette`, in recording order, read as iterated: an export of
+    /// a large cassette need not hold it all.
+    pub fn each_interaction(
+        &self,
+        cassette: &str,
+    ) -> impl Iterator<Item = Result<Interaction, StoreError>> + 'static {
+        self.inner
+            .interactions
+            .scan_prefix(cassette_prefix(cassette))
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&key, &value)
+            })
+    }
+
     /// Up to `limit` interactions of `cassette`, in recording order.
     pub fn interactions(
         &self,
