@@ -404,12 +404,23 @@ fn print_cassettes(cassettes: Vec<CassetteInfo>, out: &mut impl Write) -> Result
 }
 
 /// Prints one line per interaction: id, time, request, status, sizes.
+/// Read as printed, like an export.
 pub fn print_show(store: &Store, cassette: &str, out: &mut impl Write) -> Result<(), AppError> {
-    print_interactions(&load(store, cassette)?, cassette, out)
+    let mut interactions = store.each_interaction(cassette).peekable();
+    if interactions.peek().is_none() {
+        ensure_exists(store, cassette)?;
+    }
+    let mut out = std::io::BufWriter::new(out);
+    print_interactions(
+        interactions.map(|i| i.map_err(AppError::from)),
+        cassette,
+        &mut out,
+    )?;
+    out.flush().map_err(io_error)
 }
 
 fn print_interactions(
-    interactions: &[Interaction],
+    interactions: impl Iterator<Item = Result<Interaction, AppError>>,
     cassette: &str,
     out: &mut impl Write,
 ) -> Result<(), AppError> {
@@ -419,7 +430,10 @@ fn print_interactions(
         "ID", "RECORDED", "METHOD", "STATUS", "REQ_BYTES", "RSP_BYTES"
     )
     .map_err(io_error)?;
+    let mut count = 0usize;
     for i in interactions {
+        let i = i?;
+        count += 1;
         writeln!(
             out,
             "{:>6}  {:<24}  {:<7} {:>6} {:>9} {:>9}  {}",
@@ -433,12 +447,7 @@ fn print_interactions(
         )
         .map_err(io_error)?;
     }
-    writeln!(
-        out,
-        "{} interactions in cassette '{cassette}'",
-        interactions.len()
-    )
-    .map_err(io_error)?;
+    writeln!(out, "{count} interactions in cassette '{cassette}'").map_err(io_error)?;
     Ok(())
 }
 
@@ -826,7 +835,8 @@ pub async fn run_remote(
         }
         CassetteCommand::Show { name, .. } => {
             let document = fetch_remote(remote, &name).await?;
-            print_interactions(&document_interactions(document)?, &name, out)?;
+            let interactions = document_interactions(document)?;
+            print_interactions(interactions.into_iter().map(Ok), &name, out)?;
         }
         CassetteCommand::Export {
             name,
