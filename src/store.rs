@@ -1499,7 +1499,7 @@ mod tests {
         assert_eq!(first(2, 204), (204, 1));
 
         // As a restart sees it: the markers are in sled, not only in memory.
-        drop(store);
+        store.close_and_release().expect("close");
         let store = Store::open(dir.path(), 1 << 20).expect("reopen");
         assert!(!store.index_ready("c", 2), "nothing in memory yet");
         assert!(store.index_built("c", 2).expect("read"));
