@@ -478,6 +478,14 @@ impl Store {
         };
         let stored = self.insert_locked(fingerprint, records, Some(&mut deferred))?;
         self.insert_index_entries(deferred.entries)?;
+        // Lookups may have remembered the index as it was before these entries.
+        let mut forgotten: Vec<&str> = Vec::new();
+        for interaction in &stored {
+            if !forgotten.contains(&interaction.cassette.as_str()) {
+                self.inner.episodes.forget(&interaction.cassette);
+                forgotten.push(&interaction.cassette);
+            }
+        }
         // Only the indexes that were complete before: the others still need a rebuild.
         for marker in deferred.unmarked {
             self.inner.indexes.insert(&marker, &[][..])?;
@@ -1562,7 +1570,11 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(count(1), 1);
-        assert_eq!(store.delete_cassette("c").await.expect("delete"), Some(1));
+        store
+            .insert_all(1, vec![(key, interaction("c", 201))])
+            .expect("bulk insert");
+        assert_eq!(count(1), 2, "a bulk insert shows through");
+        assert_eq!(store.delete_cassette("c").await.expect("delete"), Some(2));
         assert_eq!(count(1), 0, "a deleted cassette answers nothing");
         assert!(!store.is_recorded("c", 1, &key).expect("read"));
     }
