@@ -118,11 +118,14 @@ struct FlushWaiter {
     reply: oneshot::Sender<Result<Vec<Interaction>, StoreError>>,
 }
 
-/// What [`Store::insert_all`] inserts after the records: their index entries, and the
-/// markers of the indexes they complete again.
+/// What [`Store::insert_all`] does after the records: insert their index entries, mark
+/// complete again the indexes that were, and forget what lookups remember of the
+/// cassettes touched.
+#[derive(Default)]
 struct DeferredIndex {
     entries: Vec<Vec<u8>>,
     unmarked: Vec<Vec<u8>>,
+    touched: Vec<String>,
 }
 
 /// Interactions one writer hands the flusher, indexed for the rules `fingerprint`.
@@ -474,17 +477,13 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner());
         let mut deferred = DeferredIndex {
             entries: Vec::with_capacity(records.len()),
-            unmarked: Vec::new(),
+            ..DeferredIndex::default()
         };
         let stored = self.insert_locked(fingerprint, records, Some(&mut deferred))?;
         self.insert_index_entries(deferred.entries)?;
-        // Lookups may have remembered the index as it was before these entries.
-        let mut forgotten: Vec<&str> = Vec::new();
-        for interaction in &stored {
-            if !forgotten.contains(&interaction.cassette.as_str()) {
-                self.inner.episodes.forget(&interaction.cassette);
-                forgotten.push(&interaction.cassette);
-            }
+        // After the entries: a lookup in between remembered the index without them.
+        for cassette in &deferred.touched {
+            self.inner.episodes.forget(cassette);
         }
         // Only the indexes that were complete before: the others still need a rebuild.
         for marker in deferred.unmarked {
@@ -511,8 +510,8 @@ impl Store {
     }
 
     /// [`Store::insert_all`] for a caller that holds the index lock. With `deferred`, the
-    /// index entries are handed back there instead of inserted, and the touched
-    /// cassettes' indexes are left unmarked until the caller has inserted them.
+    /// index entries and the touched cassettes are handed back there instead, and the
+    /// touched cassettes' indexes are left unmarked until the caller has inserted them.
     fn insert_locked(
         &self,
         fingerprint: u64,
@@ -552,8 +551,13 @@ impl Store {
             }
             stored.push(interaction);
         }
-        for cassette in &touched {
-            self.inner.episodes.forget(cassette);
+        match deferred {
+            Some(deferred) => deferred.touched = touched,
+            None => {
+                for cassette in &touched {
+                    self.inner.episodes.forget(cassette);
+                }
+            }
         }
         Ok(stored)
     }
@@ -581,11 +585,7 @@ impl Store {
             .next()
             .is_none();
         let marker = index_marker(cassette, fingerprint);
-        let mut complete = self
-            .inner
-            .complete
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut complete = self.complete();
         for stale in self.inner.indexes.scan_prefix(&prefix).keys() {
             let stale = stale?;
             if stale != marker[..] {
@@ -629,10 +629,7 @@ impl Store {
 
     /// Whether `cassette` is known to be indexed for `fingerprint` (a memory check).
     pub fn index_ready(&self, cassette: &str, fingerprint: u64) -> bool {
-        self.inner
-            .complete
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.complete()
             .contains(&index_marker(cassette, fingerprint))
     }
 
@@ -655,13 +652,7 @@ impl Store {
         key_of: KeyFn<'_>,
     ) -> Result<(), StoreError> {
         let marker = index_marker(cassette, fingerprint);
-        if self
-            .inner
-            .complete
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&marker)
-        {
+        if self.complete().contains(&marker) {
             return Ok(());
         }
         let _guard = self
@@ -700,11 +691,7 @@ impl Store {
                 "indexed cassette for the current match rules"
             );
         }
-        self.inner
-            .complete
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(marker);
+        self.complete().insert(marker);
         Ok(())
     }
 
@@ -976,11 +963,7 @@ impl Store {
         }
         self.inner.episodes.forget(cassette);
         self.set_prepared_for(cassette, None);
-        self.inner
-            .complete
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k| !k.starts_with(&prefix));
+        self.complete().retain(|k| !k.starts_with(&prefix));
         self.inner
             .cursors
             .lock()

@@ -231,8 +231,7 @@ struct State {
     /// A pruning failed part-way: records at or before the anchor are left to remove
     /// before retention may pick a new anchor (one behind the old would break the chain).
     unfinished_pruning: bool,
-    /// The newest file, kept open between rounds; forgotten whenever the files change
-    /// otherwise (pruning, a repair).
+    /// The newest file, kept open between rounds; a pruning forgets it.
     tail: AuditTail,
 }
 
@@ -250,7 +249,7 @@ impl State {
                 "cut a torn record off the end of the audit trail (a crash or a failed write left it)"
             );
         }
-        finish_pruning(&store)?;
+        finish_pruning(&store, &mut AuditTail::default())?;
         let point = resume_point(&store)?;
         let previous = point.raw_hash().ok_or_else(|| {
             AuditError::Damaged(format!(
@@ -286,14 +285,14 @@ impl State {
 
 /// Removes records left at or before the anchor by a pruning that a crash cut short
 /// (pruning moves the anchor first; see `store::AuditFiles`).
-fn finish_pruning(store: &Store) -> Result<(), AuditError> {
+fn finish_pruning(store: &Store, tail: &mut AuditTail) -> Result<(), AuditError> {
     let tree = store.audit();
     let Ok(Some(anchor)) = ChainPoint::read(tree.anchor()?, "anchor") else {
         // No anchor, or a damaged one that `audit verify` reports: nothing to finish.
         return Ok(());
     };
     if tree.first_seq()?.is_some_and(|first| first <= anchor.seq) {
-        let removed = tree.prune(anchor.seq, &anchor.to_bytes())?;
+        let removed = tree.prune_at(tail, anchor.seq, &anchor.to_bytes())?;
         tracing::info!(
             through = anchor.seq,
             removed,
@@ -531,7 +530,7 @@ impl State {
         match self
             .store
             .audit()
-            .set_head_at(&mut self.tail, &self.head.to_bytes())
+            .set_head_at(&self.tail, &self.head.to_bytes())
         {
             Ok(()) => self.synced_head = self.head.seq,
             Err(error) => tracing::error!(%error, "the audit trail cannot be synced"),
@@ -580,8 +579,7 @@ impl State {
     /// record becomes the anchor.
     fn retain(&mut self, force: bool) {
         if self.unfinished_pruning {
-            self.tail.forget();
-            if let Err(error) = finish_pruning(&self.store) {
+            if let Err(error) = finish_pruning(&self.store, &mut self.tail) {
                 tracing::error!(%error, "audit pruning still fails");
                 return;
             }
@@ -653,9 +651,11 @@ impl State {
         let Some(anchor) = anchor else {
             return;
         };
-        // A pruning may rewrite the newest file under another name.
-        self.tail.forget();
-        match self.store.audit().prune(anchor.seq, &anchor.to_bytes()) {
+        match self
+            .store
+            .audit()
+            .prune_at(&mut self.tail, anchor.seq, &anchor.to_bytes())
+        {
             Ok(removed) => {
                 self.count.fetch_sub(removed as u64, Ordering::Relaxed);
                 self.file_ends = self.file_ends.split_off(&(anchor.seq + 1));

@@ -386,11 +386,11 @@ impl AuditFiles<'_> {
     /// Syncs the newest file, then records `head` as the chain's end: the head is never
     /// ahead of what a crash keeps.
     pub fn set_head(&self, head: &[u8]) -> Result<(), StoreError> {
-        self.set_head_at(&mut AuditTail::default(), head)
+        self.set_head_at(&AuditTail::default(), head)
     }
 
     /// [`Self::set_head`] through the writer's open newest file, if it has one.
-    pub fn set_head_at(&self, tail: &mut AuditTail, head: &[u8]) -> Result<(), StoreError> {
+    pub fn set_head_at(&self, tail: &AuditTail, head: &[u8]) -> Result<(), StoreError> {
         match &tail.open {
             Some(file) => file
                 .handle
@@ -592,6 +592,18 @@ impl AuditFiles<'_> {
     /// unread; a file cut in the middle is rewritten. Running it again with the same
     /// arguments finishes a pruning that was cut short.
     pub fn prune(&self, through: u64, anchor: &[u8]) -> Result<usize, StoreError> {
+        self.prune_at(&mut AuditTail::default(), through, anchor)
+    }
+
+    /// [`Self::prune`] for the writer: it may rewrite the newest file under another name,
+    /// so the writer's held file is forgotten first.
+    pub fn prune_at(
+        &self,
+        tail: &mut AuditTail,
+        through: u64,
+        anchor: &[u8],
+    ) -> Result<usize, StoreError> {
+        tail.forget();
         self.replace(ANCHOR_FILE, anchor, true)?;
         let files = self.files()?;
         let mut removed = 0;
@@ -704,15 +716,15 @@ fn remove(path: &Path) -> Result<(), StoreError> {
 /// The newest file while an append writes to it.
 /// The newest file as the writer left it after its last round, so the next round appends
 /// without listing the directory and reopening the file (that was ~1% of replay's CPU).
-/// Anything else that changes the files (pruning, repairing the tail) must be followed by
-/// [`AuditTail::forget`]: a pruning may replace the newest file by a rewritten one.
+/// [`AuditFiles::prune_at`] forgets it (a pruning may replace the newest file by a
+/// rewritten one); a failed write leaves nothing held.
 #[derive(Default)]
 pub struct AuditTail {
     open: Option<OpenFile>,
 }
 
 impl AuditTail {
-    pub fn forget(&mut self) {
+    fn forget(&mut self) {
         self.open = None;
     }
 }
@@ -947,7 +959,7 @@ mod tests {
         for round in written[..25].chunks(4) {
             audit.write_at(&mut tail, round, 10).expect("write");
         }
-        audit.set_head_at(&mut tail, b"h1").expect("head");
+        audit.set_head_at(&tail, b"h1").expect("head");
         // The same files and frames as rounds that list and reopen each time.
         assert_eq!(firsts(&audit), [1, 11, 21]);
         assert_eq!(read_all(&audit), written[..25]);
@@ -955,13 +967,12 @@ mod tests {
 
         // A pruning that cuts into the newest file rewrites it under another name: the
         // held handle would append to the replaced file.
-        assert_eq!(audit.prune(22, b"a").expect("prune"), 22);
+        assert_eq!(audit.prune_at(&mut tail, 22, b"a").expect("prune"), 22);
         assert_eq!(firsts(&audit), [23]);
-        tail.forget();
         for round in written[25..].chunks(4) {
             audit.write_at(&mut tail, round, 10).expect("write");
         }
-        audit.set_head_at(&mut tail, b"h2").expect("head");
+        audit.set_head_at(&tail, b"h2").expect("head");
         // 23..=32 fill the rewritten file up to ten records; 33 starts the next.
         assert_eq!(firsts(&audit), [23, 33]);
         assert_eq!(read_all(&audit), written[22..]);
