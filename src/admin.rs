@@ -334,16 +334,13 @@ impl Admin {
             if !known {
                 return Ok(None);
             }
-            cassette::export(&store, &name)
+            cassette::export_bytes(&store, &name)
                 .map(Some)
                 .map_err(|e| AdminError::Internal(e.to_string()))
         })
         .await?
         .ok_or(AdminError::NotFound(missing))?;
-        // Written straight from the document: a `Value` of it first took as much again.
-        let text = serde_json::to_string(&document)
-            .map_err(|e| AdminError::Internal(format!("cannot write the document: {e}")))?;
-        Ok(text_ok("application/json", text))
+        Ok(bytes_ok("application/json", Bytes::from(document)))
     }
 
     /// Imports an export document or a HAR 1.2 file into cassette `name`.
@@ -402,10 +399,18 @@ impl Admin {
             .to_owned();
         let records = self.query(query).await?;
         let (content_type, body) = match format.as_str() {
-            "json" => (
-                "application/json",
-                json!({ "records": records }).to_string(),
-            ),
+            "json" => {
+                /// Written straight from the records: a `Value` of them first took as
+                /// much memory again, in a proxy that keeps serving meanwhile.
+                #[derive(serde::Serialize)]
+                struct Records<'a> {
+                    records: &'a [audit::AuditRecord],
+                }
+                let text = serde_json::to_string(&Records { records: &records }).map_err(|e| {
+                    AdminError::Internal(format!("cannot write the records: {e}"))
+                })?;
+                ("application/json", text)
+            }
             other => match Format::parse(other) {
                 Some(Format::Jsonl) => ("application/x-ndjson", format::jsonl(&records)),
                 Some(Format::Har) => ("application/json", format::har(&records).to_string()),
@@ -505,7 +510,11 @@ fn json_ok(value: Value) -> Response<Full<Bytes>> {
 }
 
 fn text_ok(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    bytes_ok(content_type, Bytes::from(body))
+}
+
+fn bytes_ok(content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
