@@ -6,12 +6,13 @@
 //! and sent as `Authorization: Bearer TOKEN` ([`access`]). Errors use Graph's error
 //! shape, like everything else graphvcr answers.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{channel, BodyExt, Channel, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,7 +24,7 @@ use crate::config::{validate_cassette_name, MatchingConfig, Mode};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{Defaults, Proxy};
 use crate::redact::Redactor;
-use crate::server::{Handler, ResponseFuture};
+use crate::server::{self, Body, Handler, ResponseFuture};
 use crate::store::Store;
 use crate::{cassette, graph};
 
@@ -181,7 +182,7 @@ impl Admin {
         }
     }
 
-    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let authorization = request
@@ -218,12 +219,12 @@ impl Admin {
                     }
                     _ => {}
                 }
-                response
+                server::whole(response)
             }
         }
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Body>, AdminError> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or("").to_owned();
@@ -233,7 +234,7 @@ impl Admin {
             path: path.clone(),
             allow,
         };
-        match (segments.as_slice(), &method) {
+        let answer = match (segments.as_slice(), &method) {
             (["health"], &Method::GET) => Ok(self.health()),
             (["health"], _) => Err(not_allowed("GET")),
             (["mode"], &Method::GET) => Ok(self.mode()),
@@ -244,7 +245,7 @@ impl Admin {
             (["cassettes", name], &Method::DELETE) => self.delete(cassette_name(name)?).await,
             (["cassettes", _], _) => Err(not_allowed("DELETE")),
             (["cassettes", name, "interactions"], &Method::GET) => {
-                self.interactions(cassette_name(name)?).await
+                return self.interactions(cassette_name(name)?).await;
             }
             (["cassettes", name, "interactions"], &Method::POST) => {
                 let name = cassette_name(name)?;
@@ -267,7 +268,8 @@ impl Admin {
             _ => Err(AdminError::NotFound(format!(
                 "no admin resource at {path}; see README.md, \"Admin API\""
             ))),
-        }
+        };
+        answer.map(server::whole)
     }
 
     fn health(&self) -> Response<Full<Bytes>> {
@@ -326,21 +328,20 @@ impl Admin {
         })))
     }
 
-    async fn interactions(&self, name: String) -> Result<Response<Full<Bytes>>, AdminError> {
+    /// The cassette's export document, streamed as it is read (see [`streamed`]). Whether
+    /// the cassette exists is settled first, while a 404 can still be sent.
+    async fn interactions(&self, name: String) -> Result<Response<Body>, AdminError> {
         let store = self.store.clone();
-        let missing = format!("no cassette named '{name}'");
-        let document = blocking(move || {
-            let known = store.cassettes()?.iter().any(|c| c.name == name);
-            if !known {
-                return Ok(None);
-            }
-            cassette::export_bytes(&store, &name)
-                .map(Some)
-                .map_err(|e| AdminError::Internal(e.to_string()))
-        })
-        .await?
-        .ok_or(AdminError::NotFound(missing))?;
-        Ok(bytes_ok("application/json", Bytes::from(document)))
+        let known = {
+            let (store, name) = (store.clone(), name.clone());
+            blocking(move || Ok(store.cassettes()?.iter().any(|c| c.name == name))).await?
+        };
+        if !known {
+            return Err(AdminError::NotFound(format!("no cassette named '{name}'")));
+        }
+        Ok(streamed("application/json", move |out| {
+            cassette::write_compact_export(&store, &name, out).map_err(|e| e.to_string())
+        }))
     }
 
     /// Imports an export document or a HAR 1.2 file into cassette `name`.
@@ -406,9 +407,8 @@ impl Admin {
                 struct Records<'a> {
                     records: &'a [audit::AuditRecord],
                 }
-                let text = serde_json::to_string(&Records { records: &records }).map_err(|e| {
-                    AdminError::Internal(format!("cannot write the records: {e}"))
-                })?;
+                let text = serde_json::to_string(&Records { records: &records })
+                    .map_err(|e| AdminError::Internal(format!("cannot write the records: {e}")))?;
                 ("application/json", text)
             }
             other => match Format::parse(other) {
@@ -509,12 +509,81 @@ fn json_ok(value: Value) -> Response<Full<Bytes>> {
     text_ok("application/json", value.to_string())
 }
 
-fn text_ok(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    bytes_ok(content_type, Bytes::from(body))
+/// A response whose body `produce` writes on a blocking thread, sent in chunks of
+/// [`STREAM_CHUNK_BYTES`] with at most [`STREAM_CHUNKS_AHEAD`] waiting for the client: a
+/// slow reader holds the writer back rather than letting the document pile up in memory.
+/// The status is sent before the body is written, so a failure part-way can only cut the
+/// body short (the client sees an incomplete response); it is logged here.
+fn streamed(
+    content_type: &'static str,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
+) -> Response<Body> {
+    let (sender, body) = Channel::new(STREAM_CHUNKS_AHEAD);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            sender,
+            runtime,
+            buffer: Vec::with_capacity(STREAM_CHUNK_BYTES),
+        };
+        let written = produce(&mut out).and_then(|()| out.send_buffer().map_err(|e| e.to_string()));
+        if let Err(detail) = written {
+            tracing::warn!(target: "graphvcr::admin", error = %detail, "a streamed admin answer was cut short");
+            out.sender.abort(std::io::Error::other(detail));
+        }
+    });
+    let mut response = Response::new(Either::Right(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
-fn bytes_ok(content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+/// Bytes per chunk of a streamed answer.
+const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks a streamed answer may have written ahead of the client.
+const STREAM_CHUNKS_AHEAD: usize = 4;
+
+/// `Write` into a streamed body, from a blocking thread.
+struct ChannelWriter {
+    sender: channel::Sender<Bytes, std::io::Error>,
+    runtime: tokio::runtime::Handle,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(STREAM_CHUNK_BYTES),
+        ));
+        self.runtime
+            .block_on(self.sender.send_data(chunk))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= STREAM_CHUNK_BYTES {
+            self.send_buffer()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+fn text_ok(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -588,5 +657,83 @@ mod tests {
             Some("Bearer 0123456789abcdef-secret"),
             Access::Allowed,
         );
+    }
+
+    /// A body `streamed` and read back: every frame, and whether it ended cleanly.
+    async fn read_streamed(response: Response<Body>) -> (Vec<Bytes>, Result<(), String>) {
+        let mut body = response.into_body();
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+                Err(_) => return (frames, Err("no frame within 10 s".to_owned())),
+                Ok(None) => return (frames, Ok(())),
+                Ok(Some(Err(error))) => return (frames, Err(error.to_string())),
+                Ok(Some(Ok(frame))) => frames.extend(frame.into_data().ok()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_arrives_whole_in_chunks() {
+        let document: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = document.clone();
+        let response = streamed("application/json", move |out| {
+            for piece in document.chunks(1000) {
+                out.write_all(piece).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        let (frames, ended) = read_streamed(response).await;
+        assert_eq!(ended, Ok(()));
+        assert!(
+            frames.len() >= expected.len() / STREAM_CHUNK_BYTES,
+            "sent in chunks, not whole: {} frames",
+            frames.len()
+        );
+        assert!(frames.iter().all(|f| f.len() <= STREAM_CHUNK_BYTES + 1000));
+        assert_eq!(frames.concat(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_that_fails_part_way_ends_in_an_error() {
+        let response = streamed("application/json", |out| {
+            out.write_all(&[b'x'; 3 * STREAM_CHUNK_BYTES])
+                .map_err(|e| e.to_string())?;
+            Err("the store could not be read".to_owned())
+        });
+        let (frames, ended) = read_streamed(response).await;
+        assert_eq!(frames.concat().len(), 3 * STREAM_CHUNK_BYTES);
+        assert_eq!(ended, Err("the store could not be read".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_stops_writing_once_the_client_goes_away() {
+        let (outcome, told) = tokio::sync::oneshot::channel();
+        let response = streamed("application/json", move |out| {
+            let mut written = 0usize;
+            let result = loop {
+                if let Err(error) = out.write_all(&[b'x'; 1024]) {
+                    break Err(error);
+                }
+                written += 1024;
+                // Far more than the chunks allowed ahead: the writer must have been
+                // told long before this.
+                if written > 1024 * STREAM_CHUNK_BYTES {
+                    break Ok(());
+                }
+            };
+            let _ = outcome.send(result.map_err(|e| e.kind()));
+            Ok(())
+        });
+        drop(response);
+        let result = tokio::time::timeout(Duration::from_secs(10), told)
+            .await
+            .expect("the writer ends")
+            .expect("outcome");
+        assert_eq!(result, Err(std::io::ErrorKind::BrokenPipe));
     }
 }

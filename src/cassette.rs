@@ -64,23 +64,35 @@ fn export(store: &Store, cassette: &str) -> Result<ExportDocument, AppError> {
     })
 }
 
-/// A cassette as a compact export document, written as the store is read: the admin API's
-/// answer, so a running proxy asked for a large cassette holds the document's bytes, not
-/// every interaction decoded as well (for 100,000 interactions about 150 MB against
-/// 1 GiB).
-pub fn export_bytes(store: &Store, cassette: &str) -> Result<Vec<u8>, AppError> {
+/// A cassette as a compact export document written to `out` as the store is read: the
+/// admin API's answer, streamed, so a running proxy asked for a large cassette holds a
+/// few chunks of the document rather than all of it.
+pub fn write_compact_export(
+    store: &Store,
+    cassette: &str,
+    out: &mut dyn Write,
+) -> Result<(), AppError> {
     let mut interactions = store.each_interaction(cassette).peekable();
     if interactions.peek().is_none() {
         ensure_exists(store, cassette)?;
     }
-    serde_json::to_vec(&StreamedExport {
-        graphvcr_export: EXPORT_VERSION,
-        cassette,
-        interactions: Streamed::new(
-            interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
-        ),
+    serde_json::to_writer(
+        out,
+        &StreamedExport {
+            graphvcr_export: EXPORT_VERSION,
+            cassette,
+            interactions: Streamed::new(
+                interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
+            ),
+        },
+    )
+    .map_err(|e| {
+        if e.is_io() {
+            AppError::Other(format!("cannot write output: {e}"))
+        } else {
+            AppError::Other(format!("cannot export: {e}"))
+        }
     })
-    .map_err(|e| AppError::Other(format!("cannot export: {e}")))
 }
 
 /// `cassette export` on the store itself: the document is written as the store is read,
@@ -1070,14 +1082,17 @@ mod tests {
                 String::from_utf8_lossy(&built_whole(&store, format))
             );
         }
+        let mut compact = Vec::new();
+        write_compact_export(&store, "c", &mut compact).expect("compact export");
         assert_eq!(
-            String::from_utf8_lossy(&export_bytes(&store, "c").expect("compact export")),
+            String::from_utf8_lossy(&compact),
             serde_json::to_string(&export(&store, "c").expect("export")).expect("json"),
             "the admin API's compact document is the whole document's"
         );
         let (_dir, empty) = stored(&[]);
         assert!(
-            export_bytes(&empty, "c").is_err_and(|e| e.to_string().starts_with("no cassette")),
+            write_compact_export(&empty, "c", &mut Vec::new())
+                .is_err_and(|e| e.to_string().starts_with("no cassette")),
             "the compact export of a cassette that does not exist is an error"
         );
         let missing = run_export(&empty, "c", ExportFormat::Json, "", None, &mut Vec::new());

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::graph::{
     self, ApiVersion, DeviceStatusRoute, CLIENT_REQUEST_ID, DEVICE_STATUS_ODATA_TYPE, REQUEST_ID,
 };
-use crate::server::{Handler, ResponseFuture};
+use crate::server::{self, Handler, ResponseFuture};
 
 /// Largest request body accepted; Graph refuses far smaller entity updates, so anything
 /// bigger is a client bug or abuse, not a payload worth buffering.
@@ -152,7 +152,7 @@ impl Handler for Emulator {
             let response = handle(&inner, request, client_request_id.as_deref()).await;
             let response = decorate(response, client_request_id.as_deref());
             tracing::debug!(%method, %path, status = response.status().as_u16(), "emulator answered");
-            response
+            server::whole(response)
         })
     }
 }

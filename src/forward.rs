@@ -236,10 +236,9 @@ struct Intercepted {
 
 impl Handler for Intercepted {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        let (proxy, target) = (self.proxy.clone(), self.target.clone());
         Box::pin(
-            self.proxy
-                .clone()
-                .handle_target(request, peer, Some(self.target.clone())),
+            async move { server::whole(proxy.handle_target(request, peer, Some(target)).await) },
         )
     }
 }

@@ -27,7 +27,7 @@ use crate::matching::{self, Exhausted, MatchKey, MatchRules, NormalBody, Normali
 use crate::observe::{Exchange, Observers, RequestFacts, Trace};
 use crate::record::{Interaction, RecordedRequest, RecordedResponse, SCHEMA_VERSION};
 use crate::redact::{self, Redactor};
-use crate::server::{Handler, ResponseFuture};
+use crate::server::{self, Handler, ResponseFuture};
 use crate::store::{EpisodePolicy, Lookup, Store, StoreError, WriteIntent};
 use crate::upstream::{Upstream, UpstreamResponse};
 
@@ -1058,7 +1058,8 @@ fn replayed(episode: crate::store::Episode) -> Served {
 
 impl Handler for Proxy {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
-        Box::pin(self.clone().handle_target(request, peer, None))
+        let proxy = self.clone();
+        Box::pin(async move { server::whole(proxy.handle_target(request, peer, None).await) })
     }
 }
 

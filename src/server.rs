@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Channel, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,8 +25,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::graph;
 
+/// A response body: whole (every proxy and emulator answer), or written into a channel
+/// as it is produced (the admin API's documents of a whole cassette or trail, so a
+/// running proxy holds a few chunks of them instead of all of it).
+pub type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+
 /// A boxed response future: what every handler returns.
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// A whole response as one of [`Body`].
+pub fn whole(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(Either::Left)
+}
 
 /// Something that answers requests. Handlers are infallible: errors are already
 /// turned into responses by the time they leave a handler.
@@ -265,9 +275,9 @@ fn service<H: Handler>(
     slot: Option<ConnectionSlot>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Full<Bytes>>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
         if request.method() == http::Method::CONNECT {
@@ -354,7 +364,7 @@ async fn isolate_panics<H: Handler>(
     handler: Arc<H>,
     request: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let mut future = handler.call(request, peer);
     let outcome = std::future::poll_fn(|cx| {
         // After a panic the future is dropped unpolled: `Ready` ends this poll_fn.
@@ -375,12 +385,12 @@ async fn isolate_panics<H: Handler>(
                 .unwrap_or_else(|| "(no message)".to_owned());
             let total = CAUGHT_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(%peer, panic = %message, caught_panics = total, "request handler panicked");
-            graph::error_response(
+            whole(graph::error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalServerError",
                 "graphvcr hit an internal error while handling this request; it keeps serving",
                 None,
-            )
+            ))
         }
     }
 }
@@ -400,7 +410,7 @@ mod tests {
                 assert!(!explode, "deliberate panic from a test handler");
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
-                response
+                whole(response)
             })
         }
     }

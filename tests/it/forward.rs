@@ -353,7 +353,7 @@ impl graphvcr::server::Handler for HeldUpstream {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            response
+            graphvcr::server::whole(response)
         })
     }
 }

@@ -568,7 +568,7 @@ impl graphvcr::server::Handler for FnHandler {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            respond(&Seen { parts, body })
+            graphvcr::server::whole(respond(&Seen { parts, body }))
         })
     }
 }
