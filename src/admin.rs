@@ -526,7 +526,10 @@ fn streamed(
             runtime,
             buffer: Vec::with_capacity(STREAM_CHUNK_BYTES),
         };
-        let written = produce(&mut out).and_then(|()| out.send_buffer().map_err(|e| e.to_string()));
+        // A writer that panics must not end the body as if it were complete.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut out)))
+            .unwrap_or_else(|_| Err("the writer panicked".to_owned()))
+            .and_then(|()| out.send_buffer().map_err(|e| e.to_string()));
         if let Err(detail) = written {
             tracing::warn!(target: "graphvcr::admin", error = %detail, "a streamed admin answer was cut short");
             out.sender.abort(std::io::Error::other(detail));
@@ -708,6 +711,17 @@ mod tests {
         let (frames, ended) = read_streamed(response).await;
         assert_eq!(frames.concat().len(), 3 * STREAM_CHUNK_BYTES);
         assert_eq!(ended, Err("the store could not be read".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_whose_writer_panics_ends_in_an_error() {
+        let response = streamed("application/json", |out| {
+            out.write_all(b"{\"interactions\":[")
+                .map_err(|e| e.to_string())?;
+            panic!("deliberate panic from a test writer");
+        });
+        let (_, ended) = read_streamed(response).await;
+        assert_eq!(ended, Err("the writer panicked".to_owned()));
     }
 
     #[tokio::test]

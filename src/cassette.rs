@@ -20,7 +20,7 @@ use crate::record::{
     EXPORT_VERSION,
 };
 use crate::remote::{Remote, RemoteError};
-use crate::store::{CassetteInfo, Store};
+use crate::store::{CassetteInfo, Store, StoreError};
 use crate::upstream::Upstream;
 
 /// Documents are read whole; refuse anything larger than this.
@@ -72,27 +72,42 @@ pub fn write_compact_export(
     cassette: &str,
     out: &mut dyn Write,
 ) -> Result<(), AppError> {
+    let interactions = existing_interactions(store, cassette)?;
+    serde_json::to_writer(out, &streamed_export(cassette, interactions)).map_err(export_error)
+}
+
+/// A cassette's interactions as the store reads them; an error if it does not exist.
+fn existing_interactions(
+    store: &Store,
+    cassette: &str,
+) -> Result<impl Iterator<Item = Result<Interaction, StoreError>>, AppError> {
     let mut interactions = store.each_interaction(cassette).peekable();
     if interactions.peek().is_none() {
         ensure_exists(store, cassette)?;
     }
-    serde_json::to_writer(
-        out,
-        &StreamedExport {
-            graphvcr_export: EXPORT_VERSION,
-            cassette,
-            interactions: Streamed::new(
-                interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
-            ),
-        },
-    )
-    .map_err(|e| {
-        if e.is_io() {
-            AppError::Other(format!("cannot write output: {e}"))
-        } else {
-            AppError::Other(format!("cannot export: {e}"))
-        }
-    })
+    Ok(interactions)
+}
+
+fn streamed_export<E>(
+    cassette: &str,
+    interactions: impl Iterator<Item = Result<Interaction, E>>,
+) -> StreamedExport<'_, impl Iterator<Item = Result<ExportedInteraction, E>>> {
+    StreamedExport {
+        graphvcr_export: EXPORT_VERSION,
+        cassette,
+        interactions: Streamed::new(
+            interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
+        ),
+    }
+}
+
+/// A failed write of a document: the output's fault, or the document's.
+fn export_error(error: serde_json::Error) -> AppError {
+    if error.is_io() {
+        AppError::Other(format!("cannot write output: {error}"))
+    } else {
+        AppError::Other(format!("cannot export: {error}"))
+    }
 }
 
 /// `cassette export` on the store itself: the document is written as the store is read,
@@ -106,21 +121,9 @@ pub fn run_export(
     path: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<(), AppError> {
-    let mut interactions = store.each_interaction(cassette).peekable();
-    if interactions.peek().is_none() {
-        ensure_exists(store, cassette)?;
-    }
+    let interactions = existing_interactions(store, cassette)?;
     write_output(cassette, path, out, |out| match format {
-        ExportFormat::Json => write_pretty(
-            out,
-            &StreamedExport {
-                graphvcr_export: EXPORT_VERSION,
-                cassette,
-                interactions: Streamed::new(
-                    interactions.map(|i| i.map(|i| ExportedInteraction::from_interaction(&i))),
-                ),
-            },
-        ),
+        ExportFormat::Json => write_pretty(out, &streamed_export(cassette, interactions)),
         ExportFormat::Har => write_har(interactions, base_url, out),
     })
 }
@@ -179,13 +182,7 @@ fn write_har<E: std::fmt::Display>(
 /// Pretty JSON with a trailing newline: stable for git diffs.
 fn write_pretty(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AppError> {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
-        if e.is_io() {
-            AppError::Other(format!("cannot write output: {e}"))
-        } else {
-            AppError::Other(format!("cannot export: {e}"))
-        }
-    })?;
+    serde_json::to_writer_pretty(&mut out, value).map_err(export_error)?;
     out.write_all(b"\n")
         .and_then(|()| out.flush())
         .map_err(io_error)
