@@ -258,7 +258,7 @@ impl Admin {
             }
             (["cassettes", _, "prune"], _) => Err(not_allowed("POST")),
             (["cassettes", _, "select"], _) => Err(not_allowed("POST")),
-            (["audit"], &Method::GET) => self.audit(&query).await,
+            (["audit"], &Method::GET) => return self.audit(&query).await,
             (["audit"], _) => Err(not_allowed("GET")),
             (["audit", "stats"], &Method::GET) => self.audit_stats(&query).await,
             (["audit", "verify"], &Method::GET) => self.verify().await,
@@ -339,9 +339,11 @@ impl Admin {
         if !known {
             return Err(AdminError::NotFound(format!("no cassette named '{name}'")));
         }
-        Ok(streamed("application/json", move |out| {
-            cassette::write_compact_export(&store, &name, out).map_err(|e| e.to_string())
-        }))
+        streamed("application/json", move |out| {
+            cassette::write_compact_export(&store, &name, out)
+                .map_err(|e| AdminError::Internal(e.to_string()))
+        })
+        .await
     }
 
     /// Imports an export document or a HAR 1.2 file into cassette `name`.
@@ -392,29 +394,28 @@ impl Admin {
         }
     }
 
-    async fn audit(&self, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+    /// The matching records. JSON and JSON Lines are streamed as the trail is read (see
+    /// [`streamed`]): a full trail of 100,000 records is ~80 MB of JSON. HAR and the
+    /// table are built whole (the table's columns are as wide as its widest cell).
+    async fn audit(&self, query: &str) -> Result<Response<Body>, AdminError> {
         let format = query
             .split('&')
             .find_map(|p| p.strip_prefix("format="))
             .unwrap_or("json")
             .to_owned();
-        let records = self.query(query).await?;
-        let (content_type, body) = match format.as_str() {
-            "json" => {
-                /// Written straight from the records: a `Value` of them first took as
-                /// much memory again, in a proxy that keeps serving meanwhile.
-                #[derive(serde::Serialize)]
-                struct Records<'a> {
-                    records: &'a [audit::AuditRecord],
-                }
-                let text = serde_json::to_string(&Records { records: &records })
-                    .map_err(|e| AdminError::Internal(format!("cannot write the records: {e}")))?;
-                ("application/json", text)
-            }
+        let lines = match format.as_str() {
+            "json" => false,
             other => match Format::parse(other) {
-                Some(Format::Jsonl) => ("application/x-ndjson", format::jsonl(&records)),
-                Some(Format::Har) => ("application/json", format::har(&records).to_string()),
-                Some(Format::Table) => ("text/plain; charset=utf-8", format::table(&records)),
+                Some(Format::Jsonl) => true,
+                Some(Format::Har) => {
+                    let records = self.query(query).await?;
+                    let har = format::har(&records).to_string();
+                    return Ok(server::whole(text_ok("application/json", har)));
+                }
+                Some(Format::Table) => {
+                    let table = format::table(&self.query(query).await?);
+                    return Ok(server::whole(text_ok("text/plain; charset=utf-8", table)));
+                }
                 None => {
                     return Err(AdminError::BadRequest(format!(
                         "format {other:?} is not one of json, jsonl, har, table"
@@ -422,7 +423,17 @@ impl Admin {
                 }
             },
         };
-        Ok(text_ok(content_type, body))
+        let filter = self.filter(query).await?;
+        let store = self.store.clone();
+        let content_type = if lines {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        streamed(content_type, move |out| {
+            write_records(&store, &filter, lines, out)
+        })
+        .await
     }
 
     async fn audit_stats(&self, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
@@ -433,10 +444,16 @@ impl Admin {
     }
 
     async fn query(&self, query: &str) -> Result<Vec<audit::AuditRecord>, AdminError> {
-        let filter = FilterSpec::from_query(query)?.parse(std::time::SystemTime::now())?;
-        self.sync_audit().await;
+        let filter = self.filter(query).await?;
         let store = self.store.clone();
         blocking(move || audit::query(&store, &filter).map_err(AdminError::from)).await
+    }
+
+    /// The query string's filter, once every exchange answered so far is in the trail.
+    async fn filter(&self, query: &str) -> Result<audit::query::Filter, AdminError> {
+        let filter = FilterSpec::from_query(query)?.parse(std::time::SystemTime::now())?;
+        self.sync_audit().await;
+        Ok(filter)
     }
 
     async fn verify(&self) -> Result<Response<Full<Bytes>>, AdminError> {
@@ -509,37 +526,94 @@ fn json_ok(value: Value) -> Response<Full<Bytes>> {
     text_ok("application/json", value.to_string())
 }
 
+/// The records `filter` matches, as the admin API's JSON (`{"records":[...]}`, compact) or
+/// as JSON Lines (`lines`), written as the trail is read.
+fn write_records(
+    store: &Store,
+    filter: &audit::query::Filter,
+    lines: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let io = write_error;
+    if !lines {
+        out.write_all(b"{\"records\":[").map_err(io)?;
+    }
+    let mut first = true;
+    audit::query_each(store, filter, |record| {
+        if !lines && !first {
+            out.write_all(b",").map_err(io)?;
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, &record)
+            .map_err(|e| AdminError::Internal(format!("cannot write the answer: {e}")))?;
+        if lines {
+            out.write_all(b"\n").map_err(io)?;
+        }
+        Ok::<_, AdminError>(())
+    })?;
+    if !lines {
+        out.write_all(b"]}").map_err(io)?;
+    }
+    Ok(())
+}
+
 /// A response whose body `produce` writes on a blocking thread, sent in chunks of
 /// [`STREAM_CHUNK_BYTES`] with at most [`STREAM_CHUNKS_AHEAD`] waiting for the client: a
 /// slow reader holds the writer back rather than letting the document pile up in memory.
-/// The status is sent before the body is written, so a failure part-way can only cut the
-/// body short (the client sees an incomplete response); it is logged here.
-fn streamed(
+/// The status waits for the first chunk, so a failure before it (a damaged trail's first
+/// record, a whole small document) is answered as an error like any other; one after it
+/// can only cut the body short (the client sees an incomplete response), and is logged.
+async fn streamed(
     content_type: &'static str,
-    produce: impl FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
-) -> Response<Body> {
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), AdminError> + Send + 'static,
+) -> Result<Response<Body>, AdminError> {
     let (sender, body) = Channel::new(STREAM_CHUNKS_AHEAD);
+    let (started, first_chunk) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
             sender,
             runtime,
             buffer: Vec::with_capacity(STREAM_CHUNK_BYTES),
+            started: Some(started),
         };
         // A writer that panics must not end the body as if it were complete.
         let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut out)))
-            .unwrap_or_else(|_| Err("the writer panicked".to_owned()))
-            .and_then(|()| out.send_buffer().map_err(|e| e.to_string()));
-        if let Err(detail) = written {
-            tracing::warn!(target: "graphvcr::admin", error = %detail, "a streamed admin answer was cut short");
-            out.sender.abort(std::io::Error::other(detail));
+            .unwrap_or_else(|_| Err(AdminError::Internal("the writer panicked".to_owned())))
+            .and_then(|()| out.send_buffer().map_err(write_error));
+        match (written, out.started.take()) {
+            (Ok(()), started) => {
+                // An empty body: nothing was sent, so the status has not been either.
+                if let Some(started) = started {
+                    let _ = started.send(Ok(()));
+                }
+            }
+            (Err(error), Some(started)) => {
+                let _ = started.send(Err(error));
+            }
+            (Err(error), None) => {
+                tracing::warn!(target: "graphvcr::admin", %error, "a streamed admin answer was cut short");
+                out.sender.abort(std::io::Error::other(error.to_string()));
+            }
         }
     });
-    let mut response = Response::new(Either::Right(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+    match first_chunk.await {
+        Ok(Ok(())) => {
+            let mut response = Response::new(Either::Right(body));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            Ok(response)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(AdminError::Internal(
+            "the writer of the answer ended without one".to_owned(),
+        )),
+    }
+}
+
+fn write_error(error: std::io::Error) -> AdminError {
+    AdminError::Internal(format!("cannot write the answer: {error}"))
 }
 
 /// Bytes per chunk of a streamed answer.
@@ -552,12 +626,17 @@ struct ChannelWriter {
     sender: channel::Sender<Bytes, std::io::Error>,
     runtime: tokio::runtime::Handle,
     buffer: Vec<u8>,
+    /// Told once, before the first chunk goes out: the response can then be sent.
+    started: Option<tokio::sync::oneshot::Sender<Result<(), AdminError>>>,
 }
 
 impl ChannelWriter {
     fn send_buffer(&mut self) -> std::io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
+        }
+        if let Some(started) = self.started.take() {
+            let _ = started.send(Ok(()));
         }
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buffer,
@@ -682,10 +761,12 @@ mod tests {
         let expected = document.clone();
         let response = streamed("application/json", move |out| {
             for piece in document.chunks(1000) {
-                out.write_all(piece).map_err(|e| e.to_string())?;
+                out.write_all(piece).map_err(write_error)?;
             }
             Ok(())
-        });
+        })
+        .await
+        .expect("an answer");
         assert_eq!(
             response.headers().get(header::CONTENT_TYPE),
             Some(&HeaderValue::from_static("application/json"))
@@ -702,26 +783,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_streamed_answer_that_fails_part_way_ends_in_an_error() {
-        let response = streamed("application/json", |out| {
-            out.write_all(&[b'x'; 3 * STREAM_CHUNK_BYTES])
-                .map_err(|e| e.to_string())?;
-            Err("the store could not be read".to_owned())
-        });
-        let (frames, ended) = read_streamed(response).await;
-        assert_eq!(frames.concat().len(), 3 * STREAM_CHUNK_BYTES);
-        assert_eq!(ended, Err("the store could not be read".to_owned()));
+    async fn a_streamed_answer_that_fails_before_its_first_chunk_is_an_error_answer() {
+        let failed = streamed("application/json", |out| {
+            out.write_all(b"{\"records\":[").map_err(write_error)?;
+            Err(AdminError::Internal(
+                "the trail could not be read".to_owned(),
+            ))
+        })
+        .await;
+        let Err(error) = failed else {
+            panic!("an error before any chunk went out is answered as an error");
+        };
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            error.to_string().contains("the trail could not be read"),
+            "{error}"
+        );
+        let empty = streamed("application/json", |_| Ok(()))
+            .await
+            .expect("an empty body is an answer");
+        assert_eq!(read_streamed(empty).await, (Vec::new(), Ok(())));
     }
 
     #[tokio::test]
-    async fn a_streamed_answer_whose_writer_panics_ends_in_an_error() {
+    async fn a_streamed_answer_that_fails_part_way_ends_in_an_error() {
         let response = streamed("application/json", |out| {
-            out.write_all(b"{\"interactions\":[")
-                .map_err(|e| e.to_string())?;
+            out.write_all(&[b'x'; 3 * STREAM_CHUNK_BYTES])
+                .map_err(write_error)?;
+            Err(AdminError::Internal(
+                "the store could not be read".to_owned(),
+            ))
+        })
+        .await
+        .expect("the first chunks went out");
+        let (frames, ended) = read_streamed(response).await;
+        assert_eq!(frames.concat().len(), 3 * STREAM_CHUNK_BYTES);
+        assert!(
+            ended
+                .as_ref()
+                .is_err_and(|e| e.contains("the store could not be read")),
+            "the body ends in the error, not cleanly: {ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_whose_writer_panics_is_an_error() {
+        let failed = streamed("application/json", |out| {
+            out.write_all(b"{\"interactions\":[").map_err(write_error)?;
             panic!("deliberate panic from a test writer");
-        });
-        let (_, ended) = read_streamed(response).await;
-        assert_eq!(ended, Err("the writer panicked".to_owned()));
+        })
+        .await;
+        assert!(
+            failed.is_err_and(|e| e.to_string().contains("the writer panicked")),
+            "a panic is an error, never a complete answer"
+        );
     }
 
     #[tokio::test]
@@ -742,7 +857,9 @@ mod tests {
             };
             let _ = outcome.send(result.map_err(|e| e.kind()));
             Ok(())
-        });
+        })
+        .await
+        .expect("the first chunk went out");
         drop(response);
         let result = tokio::time::timeout(Duration::from_secs(10), told)
             .await

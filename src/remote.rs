@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -36,6 +36,12 @@ pub enum RemoteError {
     Status { status: StatusCode, message: String },
     #[error("the proxy's admin API sent an answer that does not parse: {0}")]
     Decode(String),
+    /// A streamed answer (a cassette's export, the audit records) whose writing failed
+    /// after its status was sent; the proxy's log names the cause.
+    #[error(
+        "the proxy's admin API at {url} cut its answer short ({detail}); the proxy's log says why"
+    )]
+    CutShort { url: String, detail: String },
 }
 
 /// Where a command reads and writes: the store itself, or the proxy holding it.
@@ -153,9 +159,13 @@ impl Remote {
             let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| RemoteError::Unreachable {
-                    url: self.base.clone(),
-                    detail: e.to_string(),
+                .map_err(|e| {
+                    let (url, detail) = (self.base.clone(), error_chain(&*e));
+                    if status.is_success() && !e.is::<LengthLimitError>() {
+                        RemoteError::CutShort { url, detail }
+                    } else {
+                        RemoteError::Unreachable { url, detail }
+                    }
                 })?
                 .to_bytes();
             Ok::<_, RemoteError>((status, bytes))

@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::graph;
 
 /// A response body: whole (every proxy and emulator answer), or written into a channel
-/// as it is produced (the admin API's export of a whole cassette, so a running proxy
-/// holds a few chunks of it instead of all of it).
+/// as it is produced (the admin API's export of a whole cassette and its audit records,
+/// so a running proxy holds a few chunks of them instead of all of it).
 pub type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 
 /// A boxed response future: what every handler returns.

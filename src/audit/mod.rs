@@ -529,15 +529,32 @@ fn broken(
 
 /// Every record matching `filter`, oldest first (the most recent `limit` when set).
 pub fn query(store: &Store, filter: &query::Filter) -> Result<Vec<AuditRecord>, AuditError> {
-    let mut out = std::collections::VecDeque::new();
+    let mut out = Vec::new();
+    query_each(store, filter, |record| {
+        out.push(record);
+        Ok::<_, AuditError>(())
+    })?;
+    Ok(out)
+}
+
+/// [`query`], each record handed to `each` as it is read rather than collected, so a
+/// whole trail can be written out in the memory of one record (with a `limit`, of that
+/// many: which are the most recent is known only at the end). `each`'s first error ends
+/// the query.
+pub fn query_each<E: From<AuditError>>(
+    store: &Store,
+    filter: &query::Filter,
+    mut each: impl FnMut(AuditRecord) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut newest = std::collections::VecDeque::new();
     let tree = store.audit();
     // Records at or before the anchor were pruned; a crash may have left some behind.
-    let pruned_through = ChainPoint::read(tree.anchor()?, "anchor")
+    let pruned_through = ChainPoint::read(tree.anchor().map_err(AuditError::from)?, "anchor")
         .ok()
         .flatten()
         .map_or(0, |anchor| anchor.seq);
     for entry in tree.records() {
-        let (seq, bytes) = entry?;
+        let (seq, bytes) = entry.map_err(AuditError::from)?;
         if seq <= pruned_through {
             continue;
         }
@@ -546,14 +563,20 @@ pub fn query(store: &Store, filter: &query::Filter) -> Result<Vec<AuditRecord>, 
                 "audit record {seq} does not parse ({e}); run `graphvcr audit verify`"
             ))
         })?;
-        if filter.matches(&record) {
-            out.push_back(record);
-            if filter.limit.is_some_and(|limit| out.len() > limit) {
-                out.pop_front();
+        if !filter.matches(&record) {
+            continue;
+        }
+        match filter.limit {
+            None => each(record)?,
+            Some(limit) => {
+                newest.push_back(record);
+                if newest.len() > limit {
+                    newest.pop_front();
+                }
             }
         }
     }
-    Ok(out.into())
+    newest.into_iter().try_for_each(each)
 }
 
 #[cfg(test)]

@@ -550,6 +550,93 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
     assert_eq!(column(&after, "outcome"), ["recorded", "replayed"]);
 }
 
+/// A cassette's export and the audit records, large enough to span several of the admin
+/// API's streamed chunks, read from the live proxy: chunked (no length known up front),
+/// and the same as what the stopped store gives.
+#[tokio::test]
+async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them() {
+    const REQUESTS: usize = 200;
+    let scratch = Scratch::new();
+    let upstream = emulator(&scratch);
+    let http = Http::new();
+    let mut proxy = proxy(&scratch, "record", &upstream.url(""), &[]);
+    for i in 0..REQUESTS {
+        let path = status_path("cfg-big", &format!("dev-{i:03}"));
+        let recorded = http.patch(&proxy.url(&path), SEED_BODY).await;
+        assert_eq!(recorded.status, 200, "{}", recorded.text());
+    }
+    let admin = |path: &str| proxy.admin_url(path);
+
+    let export = http
+        .send("GET", &admin("/cassettes/default/interactions"), &[], "")
+        .await;
+    assert_eq!(export.status, 200, "{}", export.text());
+    assert_eq!(export.header("transfer-encoding"), Some("chunked"));
+    assert!(export.text().len() > 4 * 64 * 1024, "spans several chunks");
+    let lines = http
+        .send("GET", &admin("/audit?format=jsonl"), &[], "")
+        .await;
+    assert_eq!(lines.status, 200, "{}", lines.text());
+    assert_eq!(lines.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(lines.header("content-type"), Some("application/x-ndjson"));
+    let live_lines = lines.text();
+    assert!(live_lines.len() > 64 * 1024, "spans several chunks");
+    let records = http.send("GET", &admin("/audit"), &[], "").await.json();
+    let records = records["records"].as_array().expect("records").clone();
+    assert_eq!(records, jsonl(&live_lines), "JSON and JSON Lines agree");
+    assert_eq!(records.len(), REQUESTS);
+    let newest = http
+        .send("GET", &admin("/audit?limit=5"), &[], "")
+        .await
+        .json();
+    assert_eq!(
+        newest["records"].as_array().expect("records")[..],
+        records[REQUESTS - 5..],
+        "a limit keeps the most recent"
+    );
+    let missing = http
+        .send("GET", &admin("/cassettes/nope/interactions"), &[], "")
+        .await;
+    assert_eq!(missing.status, 404, "a missing cassette is still a 404");
+    assert_eq!(missing.json()["error"]["code"], "ResourceNotFound");
+    // The command through the proxy writes what it writes from the store itself.
+    cli_ok(
+        &scratch,
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--out",
+            &scratch.arg("live.json"),
+        ],
+    );
+
+    assert!(proxy.interrupt().success(), "{}", proxy.stderr());
+    cli_ok(
+        &scratch,
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--out",
+            &scratch.arg("stopped.json"),
+        ],
+    );
+    let read = |name: &str| std::fs::read(scratch.join(name)).expect("export file");
+    assert!(read("live.json") == read("stopped.json"), "the same export");
+    let document: Value = serde_json::from_str(&export.text()).expect("the streamed export parses");
+    let stopped: Value = serde_json::from_slice(&read("stopped.json")).expect("JSON");
+    assert_eq!(
+        document, stopped,
+        "the streamed document is the stored cassette"
+    );
+    assert_eq!(
+        cli_ok(&scratch, &["audit", "--format", "jsonl"]),
+        live_lines,
+        "the same records, byte for byte"
+    );
+}
+
 #[tokio::test]
 async fn forward_proxy_requests_and_tunnels_are_audited() {
     let scratch = Scratch::new();
