@@ -534,25 +534,24 @@ fn write_records(
     lines: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let io = write_error;
     if !lines {
-        out.write_all(b"{\"records\":[").map_err(io)?;
+        out.write_all(b"{\"records\":[").map_err(write_error)?;
     }
     let mut first = true;
     audit::query_each(store, filter, |record| {
         if !lines && !first {
-            out.write_all(b",").map_err(io)?;
+            out.write_all(b",").map_err(write_error)?;
         }
         first = false;
         serde_json::to_writer(&mut *out, &record)
             .map_err(|e| AdminError::Internal(format!("cannot write the answer: {e}")))?;
         if lines {
-            out.write_all(b"\n").map_err(io)?;
+            out.write_all(b"\n").map_err(write_error)?;
         }
         Ok::<_, AdminError>(())
     })?;
     if !lines {
-        out.write_all(b"]}").map_err(io)?;
+        out.write_all(b"]}").map_err(write_error)?;
     }
     Ok(())
 }
