@@ -437,10 +437,11 @@ impl Admin {
     }
 
     async fn audit_stats(&self, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
-        let records = self.query(query).await?;
-        Ok(json_ok(
-            serde_json::to_value(format::stats(&records)).unwrap_or_default(),
-        ))
+        let filter = self.filter(query).await?;
+        let store = self.store.clone();
+        let stats =
+            blocking(move || audit::stats(&store, &filter).map_err(AdminError::from)).await?;
+        Ok(json_ok(serde_json::to_value(stats).unwrap_or_default()))
     }
 
     async fn query(&self, query: &str) -> Result<Vec<audit::AuditRecord>, AdminError> {

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use super::format::{self, Format};
+use bytes::Bytes;
+
+use super::format::{self, Format, Stats};
 use super::query::FilterSpec;
 use super::AuditRecord;
 use crate::app::AppError;
@@ -18,6 +20,9 @@ use crate::remote::{self, Target};
 pub async fn run(args: AuditArgs, out: &mut impl Write) -> Result<(), AppError> {
     let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
     match args.command {
+        None if matches!(args.format, AuditFormat::Jsonl) => {
+            write_lines(&args.store, spec(&args.filters), out).await?;
+        }
         None => {
             let records = fetch(&args.store, spec(&args.filters)).await?;
             let format = match args.format {
@@ -29,8 +34,8 @@ pub async fn run(args: AuditArgs, out: &mut impl Write) -> Result<(), AppError> 
                 .map_err(io)?;
         }
         Some(AuditCommand::Stats { filters, store }) => {
-            let records = fetch(&store, spec(&filters)).await?;
-            out.write_all(format::stats_text(&format::stats(&records)).as_bytes())
+            let stats = stats(&store, spec(&filters)).await?;
+            out.write_all(format::stats_text(&stats).as_bytes())
                 .map_err(io)?;
         }
         Some(AuditCommand::Verify { store }) => {
@@ -68,14 +73,66 @@ async fn fetch(store: &StoreArgs, spec: FilterSpec) -> Result<Vec<AuditRecord>, 
             struct Records {
                 records: Vec<AuditRecord>,
             }
-            let query = spec.to_query();
-            let path = if query.is_empty() {
-                "/audit".to_owned()
-            } else {
-                format!("/audit?{query}")
-            };
-            Ok(remote.get_json::<Records>(&path).await?.records)
+            Ok(remote
+                .get_json::<Records>(&path_with("/audit", spec, None))
+                .await?
+                .records)
         }
+    }
+}
+
+/// The records as JSON Lines, written as they are read from the store (or as the proxy
+/// sends them), never all held: a full trail is ~80 MB of them.
+async fn write_lines(
+    store: &StoreArgs,
+    spec: FilterSpec,
+    out: &mut impl Write,
+) -> Result<(), AppError> {
+    let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
+    match remote::open(store)? {
+        Target::Local(store) => {
+            let filter = spec.parse(SystemTime::now())?;
+            let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+            super::query_each(&store, &filter, |record| {
+                serde_json::to_writer(&mut out, &record)
+                    .map_err(|e| AppError::Other(format!("cannot write output: {e}")))?;
+                out.write_all(b"\n").map_err(io)
+            })?;
+            out.flush().map_err(io)
+        }
+        Target::Remote(remote) => {
+            let bytes = remote
+                .send(
+                    http::Method::GET,
+                    &path_with("/audit", spec, Some("format=jsonl")),
+                    Bytes::new(),
+                )
+                .await?;
+            out.write_all(&bytes).map_err(io)
+        }
+    }
+}
+
+async fn stats(store: &StoreArgs, spec: FilterSpec) -> Result<Stats, AppError> {
+    match remote::open(store)? {
+        Target::Local(store) => Ok(super::stats(&store, &spec.parse(SystemTime::now())?)?),
+        Target::Remote(remote) => Ok(remote
+            .get_json::<Stats>(&path_with("/audit/stats", spec, None))
+            .await?),
+    }
+}
+
+/// An admin API path with the filters (and `extra`) as its query string.
+fn path_with(path: &str, spec: FilterSpec, extra: Option<&str>) -> String {
+    let query: Vec<String> = [spec.to_query()]
+        .into_iter()
+        .chain(extra.map(str::to_owned))
+        .filter(|part| !part.is_empty())
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{AuditBody, AuditRecord};
@@ -216,7 +216,7 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// Counts and latency percentiles over a set of records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub records: usize,
     pub by_outcome: BTreeMap<String, usize>,
@@ -227,7 +227,7 @@ pub struct Stats {
     pub upstream_ms: Option<Percentiles>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -254,23 +254,43 @@ impl Percentiles {
 }
 
 pub fn stats(records: &[AuditRecord]) -> Stats {
-    let mut by_outcome = BTreeMap::new();
-    let mut by_status = BTreeMap::new();
-    for r in records {
-        *by_outcome.entry(r.outcome.clone()).or_insert(0) += 1;
-        *by_status.entry(r.status).or_insert(0) += 1;
+    let mut tally = Tally::default();
+    records.iter().for_each(|r| tally.add(r));
+    tally.stats()
+}
+
+/// [`Stats`] gathered one record at a time, so a whole trail need not be held: only its
+/// latencies are (8 bytes a record), for the percentiles.
+#[derive(Debug, Default)]
+pub struct Tally {
+    records: usize,
+    by_outcome: BTreeMap<String, usize>,
+    by_status: BTreeMap<u16, usize>,
+    latency_ms: Vec<f64>,
+    upstream_ms: Vec<f64>,
+}
+
+impl Tally {
+    pub fn add(&mut self, record: &AuditRecord) {
+        self.records += 1;
+        if let Some(count) = self.by_outcome.get_mut(&record.outcome) {
+            *count += 1;
+        } else {
+            self.by_outcome.insert(record.outcome.clone(), 1);
+        }
+        *self.by_status.entry(record.status).or_insert(0) += 1;
+        self.latency_ms.push(record.latency_ms());
+        self.upstream_ms.extend(record.upstream_ms());
     }
-    Stats {
-        records: records.len(),
-        by_outcome,
-        by_status,
-        latency_ms: Percentiles::of(records.iter().map(AuditRecord::latency_ms).collect()),
-        upstream_ms: Percentiles::of(
-            records
-                .iter()
-                .filter_map(AuditRecord::upstream_ms)
-                .collect(),
-        ),
+
+    pub fn stats(self) -> Stats {
+        Stats {
+            records: self.records,
+            by_outcome: self.by_outcome,
+            by_status: self.by_status,
+            latency_ms: Percentiles::of(self.latency_ms),
+            upstream_ms: Percentiles::of(self.upstream_ms),
+        }
     }
 }
 

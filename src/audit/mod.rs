@@ -537,6 +537,16 @@ pub fn query(store: &Store, filter: &query::Filter) -> Result<Vec<AuditRecord>, 
     Ok(out)
 }
 
+/// The statistics of the records matching `filter`, gathered as the trail is read.
+pub fn stats(store: &Store, filter: &query::Filter) -> Result<format::Stats, AuditError> {
+    let mut tally = format::Tally::default();
+    query_each(store, filter, |record| {
+        tally.add(&record);
+        Ok::<_, AuditError>(())
+    })?;
+    Ok(tally.stats())
+}
+
 /// [`query`], each record handed to `each` as it is read rather than collected, so a
 /// whole trail can be written out in the memory of one record (with a `limit`, of that
 /// many: which are the most recent is known only at the end). `each`'s first error ends

@@ -599,7 +599,10 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         .await;
     assert_eq!(missing.status, 404, "a missing cassette is still a 404");
     assert_eq!(missing.json()["error"]["code"], "ResourceNotFound");
-    // The command through the proxy writes what it writes from the store itself.
+    // The commands through the proxy write what they write from the store itself.
+    let live_cli_lines = cli_ok(&scratch, &["audit", "--format", "jsonl"]);
+    let live_stats = cli_ok(&scratch, &["audit", "stats"]);
+    let live_newest = cli_ok(&scratch, &["audit", "--format", "jsonl", "--limit", "5"]);
     cli_ok(
         &scratch,
         &[
@@ -635,6 +638,15 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         live_lines,
         "the same records, byte for byte"
     );
+    assert_eq!(live_cli_lines, live_lines);
+    assert_eq!(
+        cli_ok(&scratch, &["audit", "--format", "jsonl", "--limit", "5"]),
+        live_newest
+    );
+    assert_eq!(jsonl(&live_newest), records[REQUESTS - 5..]);
+    let stats = cli_ok(&scratch, &["audit", "stats"]);
+    assert!(stats.contains(&format!("records  {REQUESTS}")), "{stats}");
+    assert_eq!(stats, live_stats, "the same statistics live and stopped");
 }
 
 #[tokio::test]
