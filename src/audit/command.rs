@@ -20,16 +20,15 @@ use crate::remote::{self, Target};
 pub async fn run(args: AuditArgs, out: &mut impl Write) -> Result<(), AppError> {
     let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
     match args.command {
-        None if matches!(args.format, AuditFormat::Jsonl) => {
-            write_lines(&args.store, spec(&args.filters), out).await?;
-        }
         None => {
-            let records = fetch(&args.store, spec(&args.filters)).await?;
             let format = match args.format {
+                AuditFormat::Jsonl => {
+                    return write_lines(&args.store, spec(&args.filters), out).await
+                }
                 AuditFormat::Table => Format::Table,
-                AuditFormat::Jsonl => Format::Jsonl,
                 AuditFormat::Har => Format::Har,
             };
+            let records = fetch(&args.store, spec(&args.filters)).await?;
             out.write_all(format::render(&records, format).as_bytes())
                 .map_err(io)?;
         }

@@ -11,6 +11,14 @@ fn jsonl(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `graphvcr cassette export CASSETTE --out FILE` (through the proxy while one runs).
+fn export_to(scratch: &Scratch, cassette: &str, file: &str) {
+    cli_ok(
+        scratch,
+        &["cassette", "export", cassette, "--out", &scratch.arg(file)],
+    );
+}
+
 fn column(records: &[Value], field: &str) -> Vec<String> {
     records
         .iter()
@@ -487,16 +495,7 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
 
     // Export, then import under another name, both through the running proxy.
     let exported = scratch.join("default.json");
-    cli_ok(
-        &scratch,
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--out",
-            &scratch.arg("default.json"),
-        ],
-    );
+    export_to(&scratch, "default", "default.json");
     assert!(exported.is_file());
     cli_ok(
         &scratch,
@@ -603,28 +602,10 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
     let live_cli_lines = cli_ok(&scratch, &["audit", "--format", "jsonl"]);
     let live_stats = cli_ok(&scratch, &["audit", "stats"]);
     let live_newest = cli_ok(&scratch, &["audit", "--format", "jsonl", "--limit", "5"]);
-    cli_ok(
-        &scratch,
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--out",
-            &scratch.arg("live.json"),
-        ],
-    );
+    export_to(&scratch, "default", "live.json");
 
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
-    cli_ok(
-        &scratch,
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--out",
-            &scratch.arg("stopped.json"),
-        ],
-    );
+    export_to(&scratch, "default", "stopped.json");
     let read = |name: &str| std::fs::read(scratch.join(name)).expect("export file");
     assert!(read("live.json") == read("stopped.json"), "the same export");
     let document: Value = serde_json::from_str(&export.text()).expect("the streamed export parses");
