@@ -253,12 +253,6 @@ impl Percentiles {
     }
 }
 
-pub fn stats(records: &[AuditRecord]) -> Stats {
-    let mut tally = Tally::default();
-    records.iter().for_each(|r| tally.add(r));
-    tally.stats()
-}
-
 /// [`Stats`] gathered one record at a time, so a whole trail need not be held: only its
 /// latencies are (8 bytes a record), for the percentiles.
 #[derive(Debug, Default)]
@@ -381,7 +375,11 @@ mod tests {
         let one = Percentiles::of(vec![7.0]).expect("some");
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
         assert_eq!(Percentiles::of(Vec::new()), None);
-        let s = stats(&[record(1, 200, "replayed"), record(2, 599, "miss")]);
+        let mut tally = Tally::default();
+        for r in [record(1, 200, "replayed"), record(2, 599, "miss")] {
+            tally.add(&r);
+        }
+        let s = tally.stats();
         assert_eq!(s.by_status.get(&599), Some(&1));
         assert!(stats_text(&s).contains("miss"));
     }
