@@ -334,7 +334,7 @@ impl Admin {
         let store = self.store.clone();
         let known = {
             let (store, name) = (store.clone(), name.clone());
-            blocking(move || Ok(store.cassettes()?.iter().any(|c| c.name == name))).await?
+            blocking(move || Ok(store.has_cassette(&name)?)).await?
         };
         if !known {
             return Err(AdminError::NotFound(format!("no cassette named '{name}'")));

@@ -41,7 +41,7 @@ fn load(store: &Store, cassette: &str) -> Result<Vec<Interaction>, AppError> {
 
 /// For a cassette with no interactions: whether it exists at all.
 fn ensure_exists(store: &Store, cassette: &str) -> Result<(), AppError> {
-    if store.cassettes()?.iter().any(|c| c.name == cassette) {
+    if store.has_cassette(cassette)? {
         return Ok(());
     }
     Err(AppError::Other(format!(
@@ -73,7 +73,8 @@ pub fn write_compact_export(
     out: &mut dyn Write,
 ) -> Result<(), AppError> {
     let interactions = existing_interactions(store, cassette)?;
-    serde_json::to_writer(out, &streamed_export(cassette, interactions)).map_err(export_error)
+    serde_json::to_writer(out, &streamed_export(cassette, interactions))
+        .map_err(|e| json_error(e, "cannot export"))
 }
 
 /// A cassette's interactions as the store reads them; an error if it does not exist.
@@ -101,12 +102,12 @@ fn streamed_export<E>(
     }
 }
 
-/// A failed write of a document: the output's fault, or the document's.
-fn export_error(error: serde_json::Error) -> AppError {
+/// A failed write of a document: the output's fault, or (`failed`) the document's.
+fn json_error(error: serde_json::Error, failed: &str) -> AppError {
     if error.is_io() {
         AppError::Other(format!("cannot write output: {error}"))
     } else {
-        AppError::Other(format!("cannot export: {error}"))
+        AppError::Other(format!("{failed}: {error}"))
     }
 }
 
@@ -179,31 +180,35 @@ fn write_har<E: std::fmt::Display>(
     write_pretty(out, &har::document(Streamed::new(entries)))
 }
 
-/// [`write_pretty`] of a compact JSON document, transcoded without building it.
-fn write_pretty_from(out: &mut dyn Write, compact: &[u8]) -> Result<(), AppError> {
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    let mut document = serde_json::Deserializer::from_slice(compact);
-    let transcoded =
-        serde_transcode::transcode(&mut document, &mut serde_json::Serializer::pretty(&mut out))
-            .and_then(|()| document.end());
-    transcoded.map_err(|e| {
-        if e.is_io() {
-            AppError::Other(format!("cannot write output: {e}"))
-        } else {
-            AppError::Other(format!(
-                "the proxy sent an export document that does not parse: {e}"
-            ))
-        }
-    })?;
-    out.write_all(b"\n")
-        .and_then(|()| out.flush())
-        .map_err(io_error)
-}
-
 /// Pretty JSON with a trailing newline: stable for git diffs.
 fn write_pretty(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AppError> {
+    write_pretty_by(out, "cannot export", |pretty| value.serialize(pretty))
+}
+
+/// [`write_pretty`] of a compact JSON document, transcoded without building it.
+fn write_pretty_from(out: &mut dyn Write, compact: &[u8]) -> Result<(), AppError> {
+    let mut document = serde_json::Deserializer::from_slice(compact);
+    write_pretty_by(
+        out,
+        "the proxy sent an export document that does not parse",
+        |pretty| serde_transcode::transcode(&mut document, pretty).and_then(|()| document.end()),
+    )
+}
+
+type PrettySerializer<'a, 'b> = serde_json::Serializer<
+    &'a mut std::io::BufWriter<&'b mut dyn Write>,
+    serde_json::ser::PrettyFormatter<'static>,
+>;
+
+/// Runs `write` on a pretty serializer over a buffered `out`, then ends with a newline;
+/// a failure that is not the output's is reported as `failed`.
+fn write_pretty_by(
+    out: &mut dyn Write,
+    failed: &str,
+    write: impl FnOnce(&mut PrettySerializer<'_, '_>) -> Result<(), serde_json::Error>,
+) -> Result<(), AppError> {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    serde_json::to_writer_pretty(&mut out, value).map_err(export_error)?;
+    write(&mut serde_json::Serializer::pretty(&mut out)).map_err(|e| json_error(e, failed))?;
     out.write_all(b"\n")
         .and_then(|()| out.flush())
         .map_err(io_error)
@@ -901,11 +906,10 @@ pub async fn run_remote(
                 // as an export from the store, without the document parsed into memory
                 // (for 100,000 interactions 204 MiB against 722).
                 ExportFormat::Json => {
-                    validate_cassette_name("cassette", &name)?;
                     let compact = remote
                         .send(
                             http::Method::GET,
-                            &format!("/cassettes/{name}/interactions"),
+                            &interactions_path(&name)?,
                             bytes::Bytes::new(),
                         )
                         .await?;
@@ -930,12 +934,11 @@ pub async fn run_remote(
             // Parsed here too, for the document's own name and early errors.
             let imported = parse_any(&text, &file, as_name.as_deref().unwrap_or("imported"))?;
             let name = as_name.unwrap_or(imported.cassette);
-            validate_cassette_name("cassette", &name)?;
             #[derive(serde::Deserialize)]
             struct Imported {
                 imported: usize,
             }
-            let path = format!("/cassettes/{name}/interactions");
+            let path = interactions_path(&name)?;
             let body = bytes::Bytes::from(text);
             let imported: Imported = remote.send_json(http::Method::POST, &path, body).await?;
             eprintln!(
@@ -1000,10 +1003,13 @@ pub async fn run_remote(
 }
 
 async fn fetch_remote(remote: &Remote, name: &str) -> Result<ExportDocument, AppError> {
+    Ok(remote.get_json(&interactions_path(name)?).await?)
+}
+
+/// The admin API's resource for cassette `name`'s export document.
+fn interactions_path(name: &str) -> Result<String, AppError> {
     validate_cassette_name("cassette", name)?;
-    Ok(remote
-        .get_json(&format!("/cassettes/{name}/interactions"))
-        .await?)
+    Ok(format!("/cassettes/{name}/interactions"))
 }
 
 fn document_interactions(document: ExportDocument) -> Result<Vec<Interaction>, AppError> {

@@ -573,7 +573,7 @@ impl Store {
             return Ok(());
         }
         let prefix = cassette_prefix(cassette);
-        if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
+        if !self.has_cassette(cassette)? {
             self.inner
                 .cassettes
                 .insert(cassette.as_bytes(), &b"{}"[..])?;
@@ -972,6 +972,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a cassette named `cassette` exists (with or without interactions): one
+    /// key read, where [`Store::cassettes`] counts every cassette's interactions.
+    pub fn has_cassette(&self, cassette: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.cassettes.contains_key(cassette.as_bytes())?)
+    }
+
     /// Every cassette with its interaction count.
     pub fn cassettes(&self) -> Result<Vec<CassetteInfo>, StoreError> {
         let mut out = Vec::new();
@@ -997,7 +1003,7 @@ impl Store {
                 .index_lock
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if !self.inner.cassettes.contains_key(cassette.as_bytes())? {
+            if !self.has_cassette(cassette)? {
                 return Ok(None);
             }
             let mut removed = 0;
