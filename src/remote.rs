@@ -215,13 +215,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::Arc;
 
     use http_body_util::{Channel, Either};
     use hyper::body::Incoming;
 
     use super::*;
-    use crate::server::{self, Handler, Limits, ResponseFuture};
+    use crate::server::{Handler, ResponseFuture, TestServer};
 
     /// Answers 200 and a first chunk, then fails the body, as a streamed admin answer
     /// whose writer failed part-way does.
@@ -244,21 +243,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_cut_short_is_named_so() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(
-            listener,
-            None,
-            Limits::default(),
-            Arc::new(CutsShort),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let remote = Remote::new(&format!("http://{addr}"), None).expect("remote");
+        let server = TestServer::start(CutsShort).await;
+        let remote = Remote::new(&format!("http://{}", server.addr), None).expect("remote");
         let outcome = remote.get_json::<serde_json::Value>("/audit").await;
         let Err(error @ RemoteError::CutShort { .. }) = outcome else {
             panic!("a body that fails after a 200 is an answer cut short: {outcome:?}");
@@ -267,7 +253,6 @@ mod tests {
             error.to_string().contains("cut its answer short"),
             "{error}"
         );
-        let _ = stop.send(());
-        server.await.expect("server ends");
+        server.stop().await;
     }
 }

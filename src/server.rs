@@ -395,6 +395,39 @@ async fn isolate_panics<H: Handler>(
     }
 }
 
+/// A server on a loopback ephemeral port for unit tests, stopped by [`TestServer::stop`].
+#[cfg(test)]
+pub(crate) struct TestServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl TestServer {
+    pub async fn start<H: Handler>(handler: H) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            None,
+            Limits::default(),
+            Arc::new(handler),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self { addr, stop, task }
+    }
+
+    /// Shuts the server down and waits until it has ended cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("server ends cleanly");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,18 +462,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_is_answered_500_counted_and_the_server_keeps_serving() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Limits::default(),
-            Arc::new(Panicky),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let server = TestServer::start(Panicky).await;
+        let addr = server.addr;
         let before = caught_panics();
         let answer = exchange(addr, "/panic").await;
         assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
@@ -449,7 +472,6 @@ mod tests {
         assert!(caught_panics() > before, "the panic was counted");
         let after = exchange(addr, "/fine").await;
         assert!(after.starts_with("HTTP/1.1 204"), "{after}");
-        let _ = stop.send(());
-        server.await.expect("server ends cleanly");
+        server.stop().await;
     }
 }
