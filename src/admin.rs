@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::audit::format::{self, Format};
 use crate::audit::query::FilterSpec;
+use crate::audit::report::{self, Form};
 use crate::audit::{self, AuditError, AuditLog};
 use crate::config::{validate_cassette_name, MatchingConfig, Mode};
 use crate::metrics::{self, Metrics};
@@ -394,44 +394,39 @@ impl Admin {
         }
     }
 
-    /// The matching records. JSON and JSON Lines are streamed as the trail is read (see
-    /// [`streamed`]): a full trail of 100,000 records is ~80 MB of JSON. HAR and the
-    /// table are built whole (the table's columns are as wide as its widest cell).
+    /// The matching records, in every form written as the trail is read (see
+    /// [`streamed`] and `audit::report`): a full trail of 100,000 records is ~80 MB of
+    /// JSON. `pretty=true` indents a HAR log, as the CLI writes it.
     async fn audit(&self, query: &str) -> Result<Response<Body>, AdminError> {
-        let format = query
-            .split('&')
-            .find_map(|p| p.strip_prefix("format="))
-            .unwrap_or("json")
-            .to_owned();
-        let lines = match format.as_str() {
-            "json" => false,
-            other => match Format::parse(other) {
-                Some(Format::Jsonl) => true,
-                Some(Format::Har) => {
-                    let records = self.query(query).await?;
-                    let har = format::har(&records).to_string();
-                    return Ok(server::whole(text_ok("application/json", har)));
-                }
-                Some(Format::Table) => {
-                    let table = format::table(&self.query(query).await?);
-                    return Ok(server::whole(text_ok("text/plain; charset=utf-8", table)));
-                }
-                None => {
-                    return Err(AdminError::BadRequest(format!(
-                        "format {other:?} is not one of json, jsonl, har, table"
-                    )))
-                }
-            },
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        };
+        let pretty = match param("pretty") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "pretty {other:?} is not true or false"
+                )))
+            }
+        };
+        let (form, content_type) = match param("format").unwrap_or("json") {
+            "json" => (Form::Json, "application/json"),
+            "jsonl" => (Form::Jsonl, "application/x-ndjson"),
+            "har" => (Form::Har { pretty }, "application/json"),
+            "table" => (Form::Table, "text/plain; charset=utf-8"),
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "format {other:?} is not one of json, jsonl, har, table"
+                )))
+            }
         };
         let filter = self.filter(query).await?;
         let store = self.store.clone();
-        let content_type = if lines {
-            "application/x-ndjson"
-        } else {
-            "application/json"
-        };
         streamed(content_type, move |out| {
-            write_records(&store, &filter, lines, out)
+            report::write(&store, &filter, form, out, write_error)
         })
         .await
     }
@@ -442,12 +437,6 @@ impl Admin {
         let stats =
             blocking(move || audit::stats(&store, &filter).map_err(AdminError::from)).await?;
         Ok(json_ok(serde_json::to_value(stats).unwrap_or_default()))
-    }
-
-    async fn query(&self, query: &str) -> Result<Vec<audit::AuditRecord>, AdminError> {
-        let filter = self.filter(query).await?;
-        let store = self.store.clone();
-        blocking(move || audit::query(&store, &filter).map_err(AdminError::from)).await
     }
 
     /// The query string's filter, once every exchange answered so far is in the trail.
@@ -525,36 +514,6 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
 
 fn json_ok(value: Value) -> Response<Full<Bytes>> {
     text_ok("application/json", value.to_string())
-}
-
-/// The records `filter` matches, as the admin API's JSON (`{"records":[...]}`, compact) or
-/// as JSON Lines (`lines`), written as the trail is read.
-fn write_records(
-    store: &Store,
-    filter: &audit::query::Filter,
-    lines: bool,
-    out: &mut dyn Write,
-) -> Result<(), AdminError> {
-    if !lines {
-        out.write_all(b"{\"records\":[").map_err(write_error)?;
-    }
-    let mut first = true;
-    audit::query_each(store, filter, |record| {
-        if !lines && !first {
-            out.write_all(b",").map_err(write_error)?;
-        }
-        first = false;
-        serde_json::to_writer(&mut *out, &record)
-            .map_err(|e| AdminError::Internal(format!("cannot write the answer: {e}")))?;
-        if lines {
-            out.write_all(b"\n").map_err(write_error)?;
-        }
-        Ok::<_, AdminError>(())
-    })?;
-    if !lines {
-        out.write_all(b"]}").map_err(write_error)?;
-    }
-    Ok(())
 }
 
 /// A response whose body `produce` writes on a blocking thread, sent in chunks of

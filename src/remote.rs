@@ -5,11 +5,13 @@
 //! it is locked, reads the admin URL the holder wrote into the owner file (or takes
 //! `--admin URL`) and talks to the proxy instead.
 
+use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -42,6 +44,8 @@ pub enum RemoteError {
         "the proxy's admin API at {url} cut its answer short ({detail}); the proxy's log says why"
     )]
     CutShort { url: String, detail: String },
+    #[error("cannot write the proxy's answer: {0}")]
+    Output(std::io::Error),
 }
 
 /// Where a command reads and writes: the store itself, or the proxy holding it.
@@ -135,6 +139,64 @@ impl Remote {
         path: &str,
         body: Bytes,
     ) -> Result<Bytes, RemoteError> {
+        let exchange = async {
+            let response = self.request(method, path, body).await?;
+            let status = response.status();
+            let bytes = self.collect(status, response.into_body()).await?;
+            Ok::<_, RemoteError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.timed_out())??;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(failure(status, &bytes))
+    }
+
+    /// GETs `path` and writes the body of a 2xx answer to `out` as it arrives, never
+    /// holding it whole (a whole audit trail, say); other statuses are handled as by
+    /// [`Remote::send`]. The answer's head, and then each part of its body, may each take
+    /// up to [`TIMEOUT`].
+    pub async fn copy(&self, path: &str, out: &mut dyn Write) -> Result<(), RemoteError> {
+        let response = tokio::time::timeout(TIMEOUT, self.request(Method::GET, path, Bytes::new()))
+            .await
+            .map_err(|_| self.timed_out())??;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(TIMEOUT, self.collect(status, body))
+                .await
+                .map_err(|_| self.timed_out())??;
+            return Err(failure(status, &bytes));
+        }
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, body.frame())
+                .await
+                .map_err(|_| self.timed_out())?;
+            match frame {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    return Err(RemoteError::CutShort {
+                        url: self.base.clone(),
+                        detail: error_chain(&e),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        out.write_all(&data).map_err(RemoteError::Output)?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, RemoteError> {
         let url = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
@@ -146,43 +208,35 @@ impl Remote {
         let request = builder
             .body(Full::new(body))
             .map_err(|_| RemoteError::BadUrl { url: url.clone() })?;
-        let exchange = async {
-            let response =
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| RemoteError::Unreachable {
-                        url: self.base.clone(),
-                        detail: error_chain(&e),
-                    })?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    let (url, detail) = (self.base.clone(), error_chain(&*e));
-                    if status.is_success() && !e.is::<LengthLimitError>() {
-                        RemoteError::CutShort { url, detail }
-                    } else {
-                        RemoteError::Unreachable { url, detail }
-                    }
-                })?
-                .to_bytes();
-            Ok::<_, RemoteError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+        self.client
+            .request(request)
             .await
-            .map_err(|_| RemoteError::Timeout {
+            .map_err(|e| RemoteError::Unreachable {
                 url: self.base.clone(),
-            })??;
-        if status.is_success() {
-            return Ok(bytes);
+                detail: error_chain(&e),
+            })
+    }
+
+    /// A whole answer's body, up to [`MAX_RESPONSE_BYTES`].
+    async fn collect(&self, status: StatusCode, body: Incoming) -> Result<Bytes, RemoteError> {
+        Ok(Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                let (url, detail) = (self.base.clone(), error_chain(&*e));
+                if status.is_success() && !e.is::<LengthLimitError>() {
+                    RemoteError::CutShort { url, detail }
+                } else {
+                    RemoteError::Unreachable { url, detail }
+                }
+            })?
+            .to_bytes())
+    }
+
+    fn timed_out(&self) -> RemoteError {
+        RemoteError::Timeout {
+            url: self.base.clone(),
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        Err(RemoteError::Status { status, message })
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RemoteError> {
@@ -201,6 +255,15 @@ impl Remote {
     }
 }
 
+/// A non-2xx answer as [`RemoteError::Status`], with the Graph-shaped error's message.
+fn failure(status: StatusCode, body: &[u8]) -> RemoteError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    RemoteError::Status { status, message }
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -217,24 +280,41 @@ mod tests {
     use std::net::SocketAddr;
 
     use http_body_util::{Channel, Either};
-    use hyper::body::Incoming;
 
     use super::*;
     use crate::server::{Handler, ResponseFuture, TestServer};
 
     /// Answers 200 and a first chunk, then fails the body, as a streamed admin answer
-    /// whose writer failed part-way does.
+    /// whose writer failed part-way does; `/chunks` ends its body in three more chunks
+    /// instead, and `/refused` is answered 400 in Graph's shape.
     struct CutsShort;
 
     impl Handler for CutsShort {
-        fn call(&self, _request: Request<Incoming>, _peer: SocketAddr) -> ResponseFuture {
-            Box::pin(async {
+        fn call(&self, request: Request<Incoming>, _peer: SocketAddr) -> ResponseFuture {
+            let path = request.uri().path().to_owned();
+            let refused = path == "/refused";
+            let whole = path == "/chunks";
+            Box::pin(async move {
+                if refused {
+                    return crate::server::whole(crate::graph::error_response(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "since 'yesterday' is not a time",
+                        None,
+                    ));
+                }
                 let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(1);
                 tokio::spawn(async move {
                     let _ = sender
                         .send_data(Bytes::from_static(b"{\"records\":["))
                         .await;
-                    sender.abort(std::io::Error::other("the trail could not be read"));
+                    if whole {
+                        for part in [&b"1,"[..], b"2", b"]}"] {
+                            let _ = sender.send_data(Bytes::from_static(part)).await;
+                        }
+                    } else {
+                        sender.abort(std::io::Error::other("the trail could not be read"));
+                    }
                 });
                 http::Response::new(Either::Right(body))
             })
@@ -242,7 +322,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_cut_short_is_named_so() {
+    async fn an_answer_cut_short_is_named_so_and_a_refusal_gives_its_message() {
         let server = TestServer::start(CutsShort).await;
         let remote = Remote::new(&format!("http://{}", server.addr), None).expect("remote");
         let outcome = remote.get_json::<serde_json::Value>("/audit").await;
@@ -253,6 +333,27 @@ mod tests {
             error.to_string().contains("cut its answer short"),
             "{error}"
         );
+
+        // Copied as it arrives, chunk by chunk; a failure part-way is named, after what
+        // arrived before it (if the server flushed it before closing).
+        let mut out = Vec::new();
+        remote.copy("/chunks", &mut out).await.expect("copied");
+        assert_eq!(out, b"{\"records\":[1,2]}");
+        let mut out = Vec::new();
+        let copied = remote.copy("/audit", &mut out).await;
+        assert!(
+            matches!(copied, Err(RemoteError::CutShort { .. })),
+            "{copied:?}"
+        );
+        assert!(b"{\"records\":[".starts_with(&out), "{out:?}");
+        let mut out = Vec::new();
+        let refused = remote.copy("/refused", &mut out).await;
+        let Err(RemoteError::Status { status, message }) = refused else {
+            panic!("a 400 is the proxy's refusal: {refused:?}");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(message, "since 'yesterday' is not a time");
+        assert!(out.is_empty(), "an error's body is not the output");
         server.stop().await;
     }
 }

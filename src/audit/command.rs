@@ -6,11 +6,9 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use bytes::Bytes;
-
-use super::format::{self, Format, Stats};
+use super::format::{self, Stats};
 use super::query::FilterSpec;
-use super::AuditRecord;
+use super::report::{self, Form};
 use crate::app::AppError;
 use crate::cli::{AuditArgs, AuditCommand, AuditFilterArgs, AuditFormat, StoreArgs};
 use crate::remote::{self, Target};
@@ -20,18 +18,7 @@ use crate::remote::{self, Target};
 pub async fn run(args: AuditArgs, out: &mut impl Write) -> Result<(), AppError> {
     let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
     match args.command {
-        None => {
-            let format = match args.format {
-                AuditFormat::Jsonl => {
-                    return write_lines(&args.store, spec(&args.filters), out).await
-                }
-                AuditFormat::Table => Format::Table,
-                AuditFormat::Har => Format::Har,
-            };
-            let records = fetch(&args.store, spec(&args.filters)).await?;
-            out.write_all(format::render(&records, format).as_bytes())
-                .map_err(io)?;
-        }
+        None => write_records(&args.store, spec(&args.filters), args.format, out).await?,
         Some(AuditCommand::Stats { filters, store }) => {
             let stats = stats(&store, spec(&filters)).await?;
             out.write_all(format::stats_text(&stats).as_bytes())
@@ -61,55 +48,39 @@ fn spec(filters: &AuditFilterArgs) -> FilterSpec {
     }
 }
 
-async fn fetch(store: &StoreArgs, spec: FilterSpec) -> Result<Vec<AuditRecord>, AppError> {
-    match remote::open(store)? {
-        Target::Local(store) => {
-            let filter = spec.parse(SystemTime::now())?;
-            Ok(super::query(&store, &filter)?)
-        }
-        Target::Remote(remote) => {
-            #[derive(Deserialize)]
-            struct Records {
-                records: Vec<AuditRecord>,
-            }
-            Ok(remote
-                .get_json::<Records>(&path_with("/audit", spec, None))
-                .await?
-                .records)
-        }
-    }
-}
-
-/// The records as JSON Lines, written as they are read from the store (or as the proxy
-/// sends them), never all held: a full trail is ~80 MB of them.
-async fn write_lines(
+/// The records, written as they are read from the store (or as the proxy sends them),
+/// never all held: a full trail is ~80 MB of them. Locally and through a proxy the
+/// output is the same bytes.
+async fn write_records(
     store: &StoreArgs,
     spec: FilterSpec,
+    format: AuditFormat,
     out: &mut impl Write,
 ) -> Result<(), AppError> {
     let io = |e: std::io::Error| AppError::Other(format!("cannot write output: {e}"));
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
     match remote::open(store)? {
         Target::Local(store) => {
+            let form = match format {
+                AuditFormat::Table => Form::Table,
+                AuditFormat::Jsonl => Form::Jsonl,
+                AuditFormat::Har => Form::Har { pretty: true },
+            };
             let filter = spec.parse(SystemTime::now())?;
-            let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-            super::query_each(&store, &filter, |record| {
-                serde_json::to_writer(&mut out, &record)
-                    .map_err(|e| AppError::Other(format!("cannot write output: {e}")))?;
-                out.write_all(b"\n").map_err(io)
-            })?;
-            out.flush().map_err(io)
+            report::write(&store, &filter, form, &mut out, io)?;
         }
         Target::Remote(remote) => {
-            let bytes = remote
-                .send(
-                    http::Method::GET,
-                    &path_with("/audit", spec, Some("format=jsonl")),
-                    Bytes::new(),
-                )
+            let form = match format {
+                AuditFormat::Table => "format=table",
+                AuditFormat::Jsonl => "format=jsonl",
+                AuditFormat::Har => "format=har&pretty=true",
+            };
+            remote
+                .copy(&path_with("/audit", spec, Some(form)), &mut out)
                 .await?;
-            out.write_all(&bytes).map_err(io)
         }
     }
+    out.flush().map_err(io)
 }
 
 async fn stats(store: &StoreArgs, spec: FilterSpec) -> Result<Stats, AppError> {

@@ -1,5 +1,5 @@
-//! Output forms of audit records: an aligned table for people, JSON lines for
-//! pipelines, HAR 1.2 for browser DevTools, and summary statistics.
+//! The pieces of audit records' output forms (`report` writes them out): the aligned
+//! table's layout for people, HAR 1.2 entries for browser DevTools, and summary statistics.
 
 use std::collections::BTreeMap;
 
@@ -8,124 +8,90 @@ use serde_json::{json, Value};
 
 use super::{AuditBody, AuditRecord};
 
-/// `--format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Jsonl,
-    Har,
+/// The aligned table: columns padded to their widest cell, numbers right-aligned, the
+/// path last and unpadded. Widths are fitted to every record first ([`Table::fit`]), so
+/// rows can then be written one at a time.
+#[derive(Debug, Clone)]
+pub struct Table {
+    widths: [usize; 10],
 }
 
-impl Format {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "table" => Some(Self::Table),
-            "jsonl" => Some(Self::Jsonl),
-            "har" => Some(Self::Har),
-            _ => None,
+const HEADER: [&str; 10] = [
+    "SEQ",
+    "TIME",
+    "MODE",
+    "CASSETTE",
+    "METHOD",
+    "STATUS",
+    "OUTCOME",
+    "MS",
+    "UPSTREAM_MS",
+    "PATH",
+];
+const RIGHT: [bool; 10] = [
+    true, false, false, false, false, true, false, true, true, false,
+];
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            widths: HEADER.map(str::len),
         }
     }
 }
 
-/// Renders records in `format`, ending with a newline when not empty.
-pub fn render(records: &[AuditRecord], format: Format) -> String {
-    match format {
-        Format::Table => table(records),
-        Format::Jsonl => jsonl(records),
-        Format::Har => {
-            let mut text = serde_json::to_string_pretty(&har(records)).unwrap_or_default();
-            text.push('\n');
-            text
-        }
-    }
-}
-
-/// One JSON object per line, exactly the stored form (hash included).
-pub fn jsonl(records: &[AuditRecord]) -> String {
-    records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-        .collect()
-}
-
-/// Columns padded to their widest cell; numbers right-aligned; the path last, unpadded.
-pub fn table(records: &[AuditRecord]) -> String {
-    const HEADER: [&str; 10] = [
-        "SEQ",
-        "TIME",
-        "MODE",
-        "CASSETTE",
-        "METHOD",
-        "STATUS",
-        "OUTCOME",
-        "MS",
-        "UPSTREAM_MS",
-        "PATH",
-    ];
-    const RIGHT: [bool; 10] = [
-        true, false, false, false, false, true, false, true, true, false,
-    ];
-    let rows: Vec<[String; 10]> = records
-        .iter()
-        .map(|r| {
-            [
-                r.seq.to_string(),
-                r.time.clone(),
-                r.mode.clone(),
-                r.cassette.clone(),
-                r.method.clone(),
-                r.status.to_string(),
-                r.outcome.clone(),
-                format!("{:.1}", r.latency_ms()),
-                r.upstream_ms()
-                    .map_or("-".to_owned(), |ms| format!("{ms:.1}")),
-                r.uri.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+impl Table {
+    /// Widens the columns to hold `record`'s cells.
+    pub fn fit(&mut self, record: &AuditRecord) {
+        for (width, cell) in self.widths.iter_mut().zip(cells(record)) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 10]| {
+
+    pub fn header(&self) -> String {
+        self.line(HEADER)
+    }
+
+    pub fn row(&self, record: &AuditRecord) -> String {
+        let cells = cells(record);
+        self.line(cells.each_ref().map(String::as_str))
+    }
+
+    fn line(&self, cells: [&str; 10]) -> String {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(cell);
             } else if RIGHT[i] {
-                out.push_str(&format!("{cell:>width$}  ", width = widths[i]));
+                out.push_str(&format!("{cell:>width$}  ", width = self.widths[i]));
             } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                out.push_str(&format!("{cell:<width$}  ", width = self.widths[i]));
             }
         }
         out.truncate(out.trim_end().len());
         out.push('\n');
         out
-    };
-    let mut out = line(HEADER);
-    for row in &rows {
-        out.push_str(&line(row.each_ref().map(String::as_str)));
     }
-    out
 }
 
-/// A HAR 1.2 log. Headers are not part of the audit, so their lists are empty and their
-/// sizes -1 (unknown), as the spec allows; graphvcr's own fields go under `_graphvcr`.
-pub fn har(records: &[AuditRecord]) -> Value {
-    let entries: Vec<Value> = records.iter().map(har_entry).collect();
-    json!({
-        "log": {
-            "version": "1.2",
-            "creator": {"name": "graphvcr", "version": env!("CARGO_PKG_VERSION")},
-            "pages": [],
-            "entries": entries,
-        }
-    })
+fn cells(r: &AuditRecord) -> [String; 10] {
+    [
+        r.seq.to_string(),
+        r.time.clone(),
+        r.mode.clone(),
+        r.cassette.clone(),
+        r.method.clone(),
+        r.status.to_string(),
+        r.outcome.clone(),
+        format!("{:.1}", r.latency_ms()),
+        r.upstream_ms()
+            .map_or("-".to_owned(), |ms| format!("{ms:.1}")),
+        r.uri.clone(),
+    ]
 }
 
-fn har_entry(r: &AuditRecord) -> Value {
+/// One HAR 1.2 entry (the log around it is `report`'s).
+pub fn har_entry(r: &AuditRecord) -> Value {
     let query: Vec<Value> = r
         .uri
         .split_once('?')
@@ -334,7 +300,12 @@ mod tests {
     fn table_columns_line_up() {
         let mut long = record(10, 599, "miss");
         long.cassette = "a-much-longer-name".into();
-        let text = table(&[record(1, 200, "replayed"), long]);
+        let records = [record(1, 200, "replayed"), long];
+        let mut table = Table::default();
+        records.iter().for_each(|r| table.fit(r));
+        let text: String = std::iter::once(table.header())
+            .chain(records.iter().map(|r| table.row(r)))
+            .collect();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         let column = |line: &str| line.find("/v1.0").expect("path column");
@@ -344,11 +315,8 @@ mod tests {
     }
 
     #[test]
-    fn har_has_the_required_fields() {
-        let har = har(&[record(1, 599, "miss")]);
-        assert_eq!(har["log"]["version"], "1.2");
-        assert_eq!(har["log"]["creator"]["name"], "graphvcr");
-        let entry = &har["log"]["entries"][0];
+    fn har_entries_have_the_required_fields() {
+        let entry = har_entry(&record(1, 599, "miss"));
         for field in [
             "startedDateTime",
             "time",

@@ -3,7 +3,8 @@
 //!
 //! - this file: [`AuditRecord`] (the stored form, versioned), the chain and [`verify`];
 //! - [`query`]: filters shared by the CLI and the admin API;
-//! - [`format`]: the aligned table, JSON lines, HAR 1.2 and statistics;
+//! - [`format`]: the aligned table's layout, HAR 1.2 entries and statistics;
+//! - [`report`]: the records a filter matches, written out in each form as they are read;
 //! - [`writer`]: the batching writer task and retention.
 //!
 //! The chain: `hash = sha256(previous hash || canonical bytes)`, where the canonical
@@ -19,6 +20,7 @@
 pub mod command;
 pub mod format;
 pub mod query;
+pub mod report;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -527,7 +529,9 @@ fn broken(
     }
 }
 
-/// Every record matching `filter`, oldest first (the most recent `limit` when set).
+/// Every record matching `filter`, oldest first (the most recent `limit` when set). The
+/// commands and the admin API write records out as they are read (`report`).
+#[cfg(test)]
 pub fn query(store: &Store, filter: &query::Filter) -> Result<Vec<AuditRecord>, AuditError> {
     let mut out = Vec::new();
     query_each(store, filter, |record| {
@@ -565,6 +569,10 @@ pub fn query_each<E: From<AuditError>>(
         .map_or(0, |anchor| anchor.seq);
     for entry in tree.records() {
         let (seq, bytes) = entry.map_err(AuditError::from)?;
+        // Records are read in sequence order.
+        if filter.through_seq.is_some_and(|last| seq > last) {
+            break;
+        }
         if seq <= pruned_through {
             continue;
         }
@@ -624,7 +632,7 @@ pub(crate) mod tests {
     }
 
     /// Writes `count` chained records the way the writer does.
-    fn trail(store: &Store, count: u64) {
+    pub(crate) fn trail(store: &Store, count: u64) {
         let mut previous = GENESIS;
         let mut batch = Vec::new();
         for seq in 1..=count {

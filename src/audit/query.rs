@@ -32,6 +32,10 @@ pub struct Filter {
     pub cassette: Option<String>,
     /// Keep only the most recent `limit` matches.
     pub limit: Option<usize>,
+    /// Records after this sequence number are not read ([`super::query_each`]): set by
+    /// a reader that reads the trail twice (the table), so the second read sees what the
+    /// first did.
+    pub through_seq: Option<u64>,
 }
 
 /// `404` or `4xx`.
@@ -57,8 +61,9 @@ impl FilterSpec {
                 "outcome" => &mut spec.outcome,
                 "cassette" => &mut spec.cassette,
                 "limit" => &mut spec.limit,
-                // `format` is the admin API's own; anything else is a mistake to report.
-                "format" => continue,
+                // `format` and `pretty` are the admin API's own; anything else is a
+                // mistake to report.
+                "format" | "pretty" => continue,
                 other => {
                     return Err(AuditError::Query(format!(
                         "unknown audit filter '{other}' (since, until, status, method, path, outcome, cassette, limit)"
@@ -146,6 +151,7 @@ impl FilterSpec {
             outcome,
             cassette: self.cassette.clone(),
             limit,
+            through_seq: None,
         })
     }
 }

@@ -593,6 +593,50 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         records[REQUESTS - 5..],
         "a limit keeps the most recent"
     );
+    // HAR and the table stream too (the table reads the trail twice, for its widths).
+    for (format, content_type) in [
+        ("har", "application/json"),
+        ("table", "text/plain; charset=utf-8"),
+    ] {
+        let answer = http
+            .send("GET", &admin(&format!("/audit?format={format}")), &[], "")
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(
+            answer.header("transfer-encoding"),
+            Some("chunked"),
+            "{format}"
+        );
+        assert_eq!(
+            answer.header("content-type"),
+            Some(content_type),
+            "{format}"
+        );
+        let text = answer.text();
+        match format {
+            "har" => assert!(text.len() > 64 * 1024, "HAR spans several chunks"),
+            _ => assert_eq!(text.lines().count(), REQUESTS + 1, "{text}"),
+        }
+    }
+    let har = http
+        .send("GET", &admin("/audit?format=har"), &[], "")
+        .await
+        .json();
+    let entry_seqs: Vec<&Value> = har["log"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["_graphvcr"]["seq"])
+        .collect();
+    let record_seqs: Vec<&Value> = records.iter().map(|r| &r["seq"]).collect();
+    assert_eq!(
+        entry_seqs, record_seqs,
+        "one HAR entry per record, in order"
+    );
+    let bad = http
+        .send("GET", &admin("/audit?format=har&pretty=maybe"), &[], "")
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
     let missing = http
         .send("GET", &admin("/cassettes/nope/interactions"), &[], "")
         .await;
@@ -602,6 +646,9 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
     let live_cli_lines = cli_ok(&scratch, &["audit", "--format", "jsonl"]);
     let live_stats = cli_ok(&scratch, &["audit", "stats"]);
     let live_newest = cli_ok(&scratch, &["audit", "--format", "jsonl", "--limit", "5"]);
+    let live_table = cli_ok(&scratch, &["audit"]);
+    let live_har = cli_ok(&scratch, &["audit", "--format", "har"]);
+    let live_newest_table = cli_ok(&scratch, &["audit", "--limit", "5"]);
     export_to(&scratch, "default", "live.json");
 
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
@@ -625,6 +672,18 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         live_newest
     );
     assert_eq!(jsonl(&live_newest), records[REQUESTS - 5..]);
+    assert_eq!(cli_ok(&scratch, &["audit"]), live_table, "the same table");
+    assert_eq!(live_table.lines().count(), REQUESTS + 1, "{live_table}");
+    assert_eq!(
+        cli_ok(&scratch, &["audit", "--format", "har"]),
+        live_har,
+        "the same HAR, byte for byte"
+    );
+    assert_eq!(
+        cli_ok(&scratch, &["audit", "--limit", "5"]),
+        live_newest_table
+    );
+    assert_eq!(live_newest_table.lines().count(), 6, "{live_newest_table}");
     let stats = cli_ok(&scratch, &["audit", "stats"]);
     assert!(stats.contains(&format!("records  {REQUESTS}")), "{stats}");
     assert_eq!(stats, live_stats, "the same statistics live and stopped");
