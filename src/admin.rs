@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::audit::query::FilterSpec;
 use crate::audit::report::{self, Form};
 use crate::audit::{self, AuditError, AuditLog};
+use crate::cli::ExportFormat;
 use crate::config::{validate_cassette_name, MatchingConfig, Mode};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{Defaults, Proxy};
@@ -245,7 +246,7 @@ impl Admin {
             (["cassettes", name], &Method::DELETE) => self.delete(cassette_name(name)?).await,
             (["cassettes", _], _) => Err(not_allowed("DELETE")),
             (["cassettes", name, "interactions"], &Method::GET) => {
-                return self.interactions(cassette_name(name)?).await;
+                return self.interactions(cassette_name(name)?, &query).await;
             }
             (["cassettes", name, "interactions"], &Method::POST) => {
                 let name = cassette_name(name)?;
@@ -328,9 +329,30 @@ impl Admin {
         })))
     }
 
-    /// The cassette's export document, streamed as it is read (see [`streamed`]). Whether
-    /// the cassette exists is settled first, while a 404 can still be sent.
-    async fn interactions(&self, name: String) -> Result<Response<Body>, AdminError> {
+    /// The cassette's export document, streamed as it is read (see [`streamed`]): compact,
+    /// or with `pretty=true` the bytes `cassette export` writes; `format=har` for a HAR
+    /// log, `base_url=URL` completing its reverse-mode URLs. Whether the cassette exists
+    /// is settled first, while a 404 can still be sent.
+    async fn interactions(&self, name: String, query: &str) -> Result<Response<Body>, AdminError> {
+        if let Some(unknown) =
+            query_names(query).find(|n| !["format", "pretty", "base_url"].contains(n))
+        {
+            return Err(AdminError::BadRequest(format!(
+                "unknown parameter '{unknown}' (format, pretty, base_url)"
+            )));
+        }
+        let format = match query_param(query, "format").as_deref() {
+            None | Some("json") => ExportFormat::Json,
+            Some("har") => ExportFormat::Har,
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "format {other:?} is not json or har"
+                )))
+            }
+        };
+        let pretty = pretty_param(query)?;
+        let base_url = query_param(query, "base_url")
+            .unwrap_or_else(|| crate::graph::DEFAULT_UPSTREAM.to_owned());
         let store = self.store.clone();
         let known = {
             let (store, name) = (store.clone(), name.clone());
@@ -340,7 +362,7 @@ impl Admin {
             return Err(AdminError::NotFound(format!("no cassette named '{name}'")));
         }
         streamed("application/json", move |out| {
-            cassette::write_compact_export(&store, &name, out)
+            cassette::write_export(&store, &name, format, &base_url, pretty, out)
                 .map_err(|e| AdminError::Internal(e.to_string()))
         })
         .await
@@ -366,14 +388,7 @@ impl Admin {
     /// `POST /cassettes/{name}/prune?older_than=30d`: removes interactions recorded
     /// longer ago than the duration, as `graphvcr cassette prune` does.
     async fn prune(&self, name: String, query: &str) -> Result<Response<Full<Bytes>>, AdminError> {
-        let text = query
-            .split('&')
-            .find_map(|p| p.strip_prefix("older_than="))
-            .map(|t| {
-                percent_encoding::percent_decode_str(t)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
+        let text = query_param(query, "older_than")
             .ok_or_else(|| AdminError::BadRequest("older_than=DURATION is required".into()))?;
         let age = humantime::parse_duration(&text).map_err(|e| {
             AdminError::BadRequest(format!(
@@ -398,21 +413,8 @@ impl Admin {
     /// [`streamed`] and `audit::report`): a full trail of 100,000 records is ~80 MB of
     /// JSON. `pretty=true` indents a HAR log, as the CLI writes it.
     async fn audit(&self, query: &str) -> Result<Response<Body>, AdminError> {
-        let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
-        };
-        let pretty = match param("pretty") {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(AdminError::BadRequest(format!(
-                    "pretty {other:?} is not true or false"
-                )))
-            }
-        };
-        let (form, content_type) = match param("format").unwrap_or("json") {
+        let pretty = pretty_param(query)?;
+        let (form, content_type) = match query_param(query, "format").as_deref().unwrap_or("json") {
             "json" => (Form::Json, "application/json"),
             "jsonl" => (Form::Jsonl, "application/x-ndjson"),
             "har" => (Form::Har { pretty }, "application/json"),
@@ -488,6 +490,37 @@ impl Handler for Admin {
 fn cassette_name(name: &str) -> Result<String, AdminError> {
     validate_cassette_name("cassette", name).map_err(|e| AdminError::BadRequest(e.to_string()))?;
     Ok(name.to_owned())
+}
+
+/// The names of a query string's parameters.
+fn query_names(query: &str) -> impl Iterator<Item = &str> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(name, _)| name))
+}
+
+/// A query parameter's value, percent-decoded; the first when it is given twice.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// `pretty=true|false`, false when absent.
+fn pretty_param(query: &str) -> Result<bool, AdminError> {
+    match query_param(query, "pretty").as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(AdminError::BadRequest(format!(
+            "pretty {other:?} is not true or false"
+        ))),
+    }
 }
 
 /// Store scans can take a while on a large store: keep them off the runtime threads.

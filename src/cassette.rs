@@ -64,17 +64,59 @@ fn export(store: &Store, cassette: &str) -> Result<ExportDocument, AppError> {
     })
 }
 
-/// A cassette as a compact export document written to `out` as the store is read: the
+/// A cassette's export document (or HAR log) written to `out` as the store is read: the
 /// admin API's answer, streamed, so a running proxy asked for a large cassette holds a
-/// few chunks of the document rather than all of it.
-pub fn write_compact_export(
+/// few chunks of the document rather than all of it. `pretty` gives the bytes
+/// `cassette export` writes.
+pub fn write_export(
     store: &Store,
     cassette: &str,
+    format: ExportFormat,
+    base_url: &str,
+    pretty: bool,
     out: &mut dyn Write,
 ) -> Result<(), AppError> {
     let interactions = existing_interactions(store, cassette)?;
-    serde_json::to_writer(out, &streamed_export(cassette, interactions))
-        .map_err(|e| json_error(e, "cannot export"))
+    write_document(cassette, interactions, format, base_url, pretty, out)
+}
+
+fn write_document<E: std::fmt::Display>(
+    cassette: &str,
+    interactions: impl Iterator<Item = Result<Interaction, E>>,
+    format: ExportFormat,
+    base_url: &str,
+    pretty: bool,
+    out: &mut dyn Write,
+) -> Result<(), AppError> {
+    match format {
+        ExportFormat::Json => write_json(out, pretty, &streamed_export(cassette, interactions)),
+        ExportFormat::Har => {
+            let base_url = base_url.trim_end_matches('/');
+            let entries =
+                interactions.map(|i| i.map(|i| har::entry_from_interaction(&i, base_url)));
+            write_json(out, pretty, &har::document(Streamed::new(entries)))
+        }
+    }
+}
+
+/// A document written through a buffer: pretty and ending in a newline (stable for git
+/// diffs: what `cassette export` writes), or compact.
+fn write_json(
+    out: &mut dyn Write,
+    pretty: bool,
+    document: &impl serde::Serialize,
+) -> Result<(), AppError> {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+    let written = if pretty {
+        document.serialize(&mut serde_json::Serializer::pretty(&mut out))
+    } else {
+        serde_json::to_writer(&mut out, document)
+    };
+    written.map_err(|e| json_error(e, "cannot export"))?;
+    if pretty {
+        out.write_all(b"\n").map_err(io_error)?;
+    }
+    out.flush().map_err(io_error)
 }
 
 /// A cassette's interactions as the store reads them; an error if it does not exist.
@@ -123,9 +165,8 @@ pub fn run_export(
     out: &mut impl Write,
 ) -> Result<(), AppError> {
     let interactions = existing_interactions(store, cassette)?;
-    write_output(cassette, path, out, |out| match format {
-        ExportFormat::Json => write_pretty(out, &streamed_export(cassette, interactions)),
-        ExportFormat::Har => write_har(interactions, base_url, out),
+    write_output(cassette, path, out, |out| {
+        write_document(cassette, interactions, format, base_url, true, out)
     })
 }
 
@@ -169,51 +210,6 @@ where
     }
 }
 
-/// Interactions as a HAR 1.2 document; `base_url` completes reverse-mode URLs.
-fn write_har<E: std::fmt::Display>(
-    interactions: impl Iterator<Item = Result<Interaction, E>>,
-    base_url: &str,
-    out: &mut dyn Write,
-) -> Result<(), AppError> {
-    let base_url = base_url.trim_end_matches('/');
-    let entries = interactions.map(|i| i.map(|i| har::entry_from_interaction(&i, base_url)));
-    write_pretty(out, &har::document(Streamed::new(entries)))
-}
-
-/// Pretty JSON with a trailing newline: stable for git diffs.
-fn write_pretty(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AppError> {
-    write_pretty_by(out, "cannot export", |pretty| value.serialize(pretty))
-}
-
-/// [`write_pretty`] of a compact JSON document, transcoded without building it.
-fn write_pretty_from(out: &mut dyn Write, compact: &[u8]) -> Result<(), AppError> {
-    let mut document = serde_json::Deserializer::from_slice(compact);
-    write_pretty_by(
-        out,
-        "the proxy sent an export document that does not parse",
-        |pretty| serde_transcode::transcode(&mut document, pretty).and_then(|()| document.end()),
-    )
-}
-
-type PrettySerializer<'a, 'b> = serde_json::Serializer<
-    &'a mut std::io::BufWriter<&'b mut dyn Write>,
-    serde_json::ser::PrettyFormatter<'static>,
->;
-
-/// Runs `write` on a pretty serializer over a buffered `out`, then ends with a newline;
-/// a failure that is not the output's is reported as `failed`.
-fn write_pretty_by(
-    out: &mut dyn Write,
-    failed: &str,
-    write: impl FnOnce(&mut PrettySerializer<'_, '_>) -> Result<(), serde_json::Error>,
-) -> Result<(), AppError> {
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    write(&mut serde_json::Serializer::pretty(&mut out)).map_err(|e| json_error(e, failed))?;
-    out.write_all(b"\n")
-        .and_then(|()| out.flush())
-        .map_err(io_error)
-}
-
 /// Writes an export to `out`, or to `path` through a file beside it that replaces `path`
 /// only once complete: an export that fails part-way leaves an earlier file as it was.
 fn write_output(
@@ -222,29 +218,75 @@ fn write_output(
     out: &mut impl Write,
     write: impl FnOnce(&mut dyn Write) -> Result<(), AppError>,
 ) -> Result<(), AppError> {
-    let Some(path) = path else {
-        return write(out);
-    };
-    let cannot =
-        |e: std::io::Error| AppError::Other(format!("cannot write {}: {e}", path.display()));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = path.with_file_name(format!(".{file_name}.partial"));
-    let written = std::fs::File::create(&partial)
-        .map_err(cannot)
-        .and_then(|mut file| {
-            write(&mut file)?;
-            file.sync_all().map_err(cannot)
+    let mut output = Output::open(cassette, path, out)?;
+    let written = write(output.writer());
+    output.finish(written)
+}
+
+/// Where an export goes (see [`write_output`]); opened before the document is written
+/// and finished with how writing went, so the document may also come from an `await`.
+struct Output<'a> {
+    cassette: &'a str,
+    out: &'a mut dyn Write,
+    /// The partial file, its path, and the path it replaces once complete.
+    file: Option<(std::fs::File, std::path::PathBuf, &'a Path)>,
+}
+
+impl<'a> Output<'a> {
+    fn open(
+        cassette: &'a str,
+        path: Option<&'a Path>,
+        out: &'a mut dyn Write,
+    ) -> Result<Self, AppError> {
+        let file = match path {
+            None => None,
+            Some(path) => {
+                let file_name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let partial = path.with_file_name(format!(".{file_name}.partial"));
+                let file = std::fs::File::create(&partial).map_err(|e| cannot_write(path, e))?;
+                Some((file, partial, path))
+            }
+        };
+        Ok(Self {
+            cassette,
+            out,
+            file,
         })
-        .and_then(|()| std::fs::rename(&partial, path).map_err(cannot));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
     }
-    written?;
-    eprintln!("exported cassette '{cassette}' to {}", path.display());
-    Ok(())
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match &mut self.file {
+            Some((file, _, _)) => file,
+            None => &mut *self.out,
+        }
+    }
+
+    /// Puts a complete file in place, or removes the partial one after a failure.
+    fn finish(self, written: Result<(), AppError>) -> Result<(), AppError> {
+        let Some((file, partial, path)) = self.file else {
+            return written;
+        };
+        let placed = written
+            .and_then(|()| file.sync_all().map_err(|e| cannot_write(path, e)))
+            .and_then(|()| std::fs::rename(&partial, path).map_err(|e| cannot_write(path, e)));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        placed?;
+        eprintln!(
+            "exported cassette '{}' to {}",
+            self.cassette,
+            path.display()
+        );
+        Ok(())
+    }
+}
+
+fn cannot_write(path: &Path, error: std::io::Error) -> AppError {
+    AppError::Other(format!("cannot write {}: {error}", path.display()))
 }
 
 /// Parses an export document.
@@ -901,33 +943,20 @@ pub async fn run_remote(
             base_url,
             ..
         } => {
-            match format {
-                // The proxy's compact document, re-printed as it is read: the same bytes
-                // as an export from the store, without the document parsed into memory
-                // (for 100,000 interactions 204 MiB against 722).
-                ExportFormat::Json => {
-                    let compact = remote
-                        .send(
-                            http::Method::GET,
-                            &interactions_path(&name)?,
-                            bytes::Bytes::new(),
-                        )
-                        .await?;
-                    write_output(&name, path.as_deref(), out, |out| {
-                        write_pretty_from(out, &compact)
-                    })?;
-                }
-                ExportFormat::Har => {
-                    let interactions = document_interactions(fetch_remote(remote, &name).await?)?;
-                    write_output(&name, path.as_deref(), out, |out| {
-                        write_har(
-                            interactions.into_iter().map(Ok::<_, AppError>),
-                            &base_url,
-                            out,
-                        )
-                    })?;
-                }
+            // The proxy writes the same bytes as an export from the store, and they are
+            // copied out as they arrive: nothing of the document is held here.
+            let mut query = String::from("?pretty=true");
+            if matches!(format, ExportFormat::Har) {
+                let base_url = percent_encoding::utf8_percent_encode(
+                    &base_url,
+                    percent_encoding::NON_ALPHANUMERIC,
+                );
+                query.push_str(&format!("&format=har&base_url={base_url}"));
             }
+            let source = format!("{}{query}", interactions_path(&name)?);
+            let mut output = Output::open(&name, path.as_deref(), out)?;
+            let copied = remote.copy(&source, output.writer()).await;
+            output.finish(copied.map_err(AppError::from))?;
         }
         CassetteCommand::Import { file, as_name, .. } => {
             let text = read_file(&file)?;
@@ -1128,28 +1157,37 @@ mod tests {
                 String::from_utf8_lossy(&built_whole(&store, format))
             );
         }
-        let mut compact = Vec::new();
-        write_compact_export(&store, "c", &mut compact).expect("compact export");
-        assert_eq!(
-            String::from_utf8_lossy(&compact),
-            serde_json::to_string(&export(&store, "c").expect("export")).expect("json"),
-            "the admin API's compact document is the whole document's"
-        );
-        let mut reprinted = Vec::new();
-        write_pretty_from(&mut reprinted, &compact).expect("transcode");
-        assert_eq!(
-            String::from_utf8_lossy(&reprinted),
-            String::from_utf8_lossy(&built_whole(&store, ExportFormat::Json)),
-            "the compact document re-printed is the export from the store, byte for byte"
-        );
-        let cut = write_pretty_from(&mut Vec::new(), &compact[..compact.len() / 2]);
-        assert!(
-            cut.is_err_and(|e| e.to_string().contains("does not parse")),
-            "a document cut short is an error"
-        );
+        for format in [ExportFormat::Json, ExportFormat::Har] {
+            let written = |pretty: bool| {
+                let mut out = Vec::new();
+                write_export(
+                    &store,
+                    "c",
+                    format,
+                    "https://graph.example/",
+                    pretty,
+                    &mut out,
+                )
+                .expect("admin export");
+                out
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&written(true)),
+                String::from_utf8_lossy(&built_whole(&store, format)),
+                "the admin API's pretty document is the export from the store, byte for byte"
+            );
+            let compact = written(false);
+            let whole: Value = serde_json::from_slice(&built_whole(&store, format)).expect("JSON");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&compact).expect("compact JSON"),
+                whole,
+                "the compact document holds the same"
+            );
+            assert!(!compact.contains(&b'\n'), "compact is one line");
+        }
         let (_dir, empty) = stored(&[]);
         assert!(
-            write_compact_export(&empty, "c", &mut Vec::new())
+            write_export(&empty, "c", ExportFormat::Json, "", false, &mut Vec::new())
                 .is_err_and(|e| e.to_string().starts_with("no cassette")),
             "the compact export of a cassette that does not exist is an error"
         );

@@ -650,11 +650,83 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
     let live_har = cli_ok(&scratch, &["audit", "--format", "har"]);
     let live_newest_table = cli_ok(&scratch, &["audit", "--limit", "5"]);
     export_to(&scratch, "default", "live.json");
+    let live_har_export = cli_ok(
+        &scratch,
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--format",
+            "har",
+            "--base-url",
+            "https://graph.example:8443/",
+        ],
+    );
+    // The admin API's export forms: compact by default, the CLI's bytes when pretty.
+    let pretty = http
+        .send(
+            "GET",
+            &admin("/cassettes/default/interactions?pretty=true"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(pretty.status, 200, "{}", pretty.text());
+    let har_export = http
+        .send(
+            "GET",
+            &admin("/cassettes/default/interactions?format=har&base_url=https%3A%2F%2Fgraph.example%3A8443"),
+            &[],
+            "",
+        )
+        .await
+        .json();
+    let har_entries = har_export["log"]["entries"].as_array().expect("entries");
+    assert_eq!(har_entries.len(), REQUESTS);
+    assert!(
+        har_entries[0]["request"]["url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("https://graph.example:8443/")),
+        "{}",
+        har_entries[0]["request"]["url"]
+    );
+    for bad in ["format=csv", "pretty=yes", "colour=blue"] {
+        let refused = http
+            .send(
+                "GET",
+                &admin(&format!("/cassettes/default/interactions?{bad}")),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+        assert_eq!(refused.json()["error"]["code"], "BadRequest", "{bad}");
+    }
 
     assert!(proxy.interrupt().success(), "{}", proxy.stderr());
     export_to(&scratch, "default", "stopped.json");
     let read = |name: &str| std::fs::read(scratch.join(name)).expect("export file");
     assert!(read("live.json") == read("stopped.json"), "the same export");
+    assert!(
+        pretty.text().as_bytes() == read("stopped.json"),
+        "the admin API's pretty document is the export, byte for byte"
+    );
+    let stopped_har_export = cli_ok(
+        &scratch,
+        &[
+            "cassette",
+            "export",
+            "default",
+            "--format",
+            "har",
+            "--base-url",
+            "https://graph.example:8443/",
+        ],
+    );
+    assert!(
+        stopped_har_export == live_har_export,
+        "the same HAR export live and stopped"
+    );
     let document: Value = serde_json::from_str(&export.text()).expect("the streamed export parses");
     let stopped: Value = serde_json::from_slice(&read("stopped.json")).expect("JSON");
     assert_eq!(
