@@ -555,7 +555,17 @@ fn json_ok(value: Value) -> Response<Full<Bytes>> {
 /// The status waits for the first chunk, so a failure before it (a damaged trail's first
 /// record, a whole small document) is answered as an error like any other; one after it
 /// can only cut the body short (the client sees an incomplete response), and is logged.
+/// A client that takes no chunk for [`STREAM_STALL_TIMEOUT`] has its answer cut short
+/// too, so a stalled reader does not hold a blocking thread and the store for ever.
 async fn streamed(
+    content_type: &'static str,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), AdminError> + Send + 'static,
+) -> Result<Response<Body>, AdminError> {
+    streamed_with(STREAM_STALL_TIMEOUT, content_type, produce).await
+}
+
+async fn streamed_with(
+    stall_timeout: Duration,
     content_type: &'static str,
     produce: impl FnOnce(&mut dyn Write) -> Result<(), AdminError> + Send + 'static,
 ) -> Result<Response<Body>, AdminError> {
@@ -566,6 +576,7 @@ async fn streamed(
         let mut out = ChannelWriter {
             sender,
             runtime,
+            stall_timeout,
             buffer: Vec::with_capacity(STREAM_CHUNK_BYTES),
             started: Some(started),
         };
@@ -612,11 +623,14 @@ fn write_error(error: std::io::Error) -> AdminError {
 const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks a streamed answer may have written ahead of the client.
 const STREAM_CHUNKS_AHEAD: usize = 4;
+/// How long a streamed answer waits for the client to take a chunk.
+const STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `Write` into a streamed body, from a blocking thread.
 struct ChannelWriter {
     sender: channel::Sender<Bytes, std::io::Error>,
     runtime: tokio::runtime::Handle,
+    stall_timeout: Duration,
     buffer: Vec<u8>,
     /// Told once, before the first chunk goes out: the response can then be sent.
     started: Option<tokio::sync::oneshot::Sender<Result<(), AdminError>>>,
@@ -634,11 +648,21 @@ impl ChannelWriter {
             &mut self.buffer,
             Vec::with_capacity(STREAM_CHUNK_BYTES),
         ));
-        self.runtime
-            .block_on(self.sender.send_data(chunk))
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-            })
+        let timeout = self.stall_timeout;
+        match self
+            .runtime
+            .block_on(tokio::time::timeout(timeout, self.sender.send_data(chunk)))
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing for {timeout:?}"),
+            )),
+        }
     }
 }
 
@@ -829,6 +853,32 @@ mod tests {
             failed.is_err_and(|e| e.to_string().contains("the writer panicked")),
             "a panic is an error, never a complete answer"
         );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_to_a_client_that_stops_reading_is_cut_short() {
+        let (outcome, told) = tokio::sync::oneshot::channel();
+        let response = streamed_with(Duration::from_millis(50), "application/json", move |out| {
+            let mut result = Ok(());
+            // Far more than the chunks allowed ahead, none of them read.
+            for _ in 0..64 {
+                result = out.write_all(&[b'x'; STREAM_CHUNK_BYTES]);
+                if result.is_err() {
+                    break;
+                }
+            }
+            let _ = outcome.send(result.map_err(|e| e.kind()));
+            Ok(())
+        })
+        .await
+        .expect("the first chunk went out");
+        let result = tokio::time::timeout(Duration::from_secs(10), told)
+            .await
+            .expect("the writer ends")
+            .expect("outcome");
+        assert_eq!(result, Err(std::io::ErrorKind::TimedOut));
+        // Held, never read, until the writer gave up.
+        drop(response);
     }
 
     #[tokio::test]
