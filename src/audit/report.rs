@@ -265,9 +265,10 @@ mod tests {
         assert_eq!(har["log"]["entries"], serde_json::json!([]));
     }
 
-    /// The table's second read stops where the first ended.
+    /// The bound the table's second read uses: records after it are not read, and a
+    /// limit counts back from it.
     #[test]
-    fn the_second_read_of_a_table_stops_at_the_first_reads_last_record() {
+    fn a_through_seq_bound_comes_before_the_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         trail(&store, 5);

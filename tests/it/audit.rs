@@ -555,6 +555,15 @@ async fn cassette_and_audit_commands_work_while_the_proxy_runs() {
 #[tokio::test]
 async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them() {
     const REQUESTS: usize = 200;
+    const HAR_EXPORT: [&str; 7] = [
+        "cassette",
+        "export",
+        "default",
+        "--format",
+        "har",
+        "--base-url",
+        "https://graph.example:8443/",
+    ];
     let scratch = Scratch::new();
     let upstream = emulator(&scratch);
     let http = Http::new();
@@ -650,18 +659,7 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
     let live_har = cli_ok(&scratch, &["audit", "--format", "har"]);
     let live_newest_table = cli_ok(&scratch, &["audit", "--limit", "5"]);
     export_to(&scratch, "default", "live.json");
-    let live_har_export = cli_ok(
-        &scratch,
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--format",
-            "har",
-            "--base-url",
-            "https://graph.example:8443/",
-        ],
-    );
+    let live_har_export = cli_ok(&scratch, &HAR_EXPORT);
     // The admin API's export forms: compact by default, the CLI's bytes when pretty.
     let pretty = http
         .send(
@@ -711,18 +709,7 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         pretty.text().as_bytes() == read("stopped.json"),
         "the admin API's pretty document is the export, byte for byte"
     );
-    let stopped_har_export = cli_ok(
-        &scratch,
-        &[
-            "cassette",
-            "export",
-            "default",
-            "--format",
-            "har",
-            "--base-url",
-            "https://graph.example:8443/",
-        ],
-    );
+    let stopped_har_export = cli_ok(&scratch, &HAR_EXPORT);
     assert!(
         stopped_har_export == live_har_export,
         "the same HAR export live and stopped"
