@@ -331,7 +331,8 @@ impl Admin {
 
     /// The cassette's export document, streamed as it is read (see [`streamed`]): compact,
     /// or with `pretty=true` the bytes `cassette export` writes; `format=har` for a HAR
-    /// log, `base_url=URL` completing its reverse-mode URLs. Whether the cassette exists
+    /// log, `base_url=URL` completing its reverse-mode URLs; `format=table` for the
+    /// `cassette show` listing. Whether the cassette exists
     /// is settled first, while a 404 can still be sent.
     async fn interactions(&self, name: String, query: &str) -> Result<Response<Body>, AdminError> {
         if let Some(unknown) =
@@ -342,11 +343,13 @@ impl Admin {
             )));
         }
         let format = match query_param(query, "format").as_deref() {
-            None | Some("json") => ExportFormat::Json,
-            Some("har") => ExportFormat::Har,
+            None | Some("json") => Some(ExportFormat::Json),
+            Some("har") => Some(ExportFormat::Har),
+            // The `cassette show` listing.
+            Some("table") => None,
             Some(other) => {
                 return Err(AdminError::BadRequest(format!(
-                    "format {other:?} is not json or har"
+                    "format {other:?} is not json, har or table"
                 )))
             }
         };
@@ -361,9 +364,18 @@ impl Admin {
         if !known {
             return Err(AdminError::NotFound(format!("no cassette named '{name}'")));
         }
-        streamed("application/json", move |out| {
-            cassette::write_export(&store, &name, format, &base_url, pretty, out)
-                .map_err(|e| AdminError::Internal(e.to_string()))
+        let content_type = match format {
+            Some(_) => "application/json",
+            None => "text/plain; charset=utf-8",
+        };
+        streamed(content_type, move |mut out| {
+            match format {
+                Some(format) => {
+                    cassette::write_export(&store, &name, format, &base_url, pretty, out)
+                }
+                None => cassette::print_show(&store, &name, &mut out),
+            }
+            .map_err(|e| AdminError::Internal(e.to_string()))
         })
         .await
     }

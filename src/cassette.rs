@@ -931,10 +931,10 @@ pub async fn run_remote(
             let list: List = remote.get_json("/cassettes").await?;
             print_cassettes(list.cassettes, out)?;
         }
+        // Written by the proxy as it reads the store, copied out as it arrives.
         CassetteCommand::Show { name, .. } => {
-            let document = fetch_remote(remote, &name).await?;
-            let interactions = document_interactions(document)?;
-            print_interactions(interactions.into_iter().map(Ok), &name, out)?;
+            let listing = format!("{}?format=table", interactions_path(&name)?);
+            remote.copy(&listing, out).await?;
         }
         CassetteCommand::Export {
             name,

@@ -660,6 +660,13 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
     let live_newest_table = cli_ok(&scratch, &["audit", "--limit", "5"]);
     export_to(&scratch, "default", "live.json");
     let live_har_export = cli_ok(&scratch, &HAR_EXPORT);
+    let live_show = cli_ok(&scratch, &["cassette", "show", "default"]);
+    assert_eq!(live_show.lines().count(), REQUESTS + 2, "{live_show}");
+    let (status, _, stderr) = run(&["cassette", "show", "nope"], scratch.path());
+    assert!(
+        !status.success() && stderr.contains("no cassette named 'nope'"),
+        "{stderr}"
+    );
     // The admin API's export forms: compact by default, the CLI's bytes when pretty.
     let pretty = http
         .send(
@@ -710,6 +717,11 @@ async fn large_answers_stream_from_a_live_proxy_as_the_stopped_store_gives_them(
         "the admin API's pretty document is the export, byte for byte"
     );
     let stopped_har_export = cli_ok(&scratch, &HAR_EXPORT);
+    assert_eq!(
+        cli_ok(&scratch, &["cassette", "show", "default"]),
+        live_show,
+        "the same listing live and stopped"
+    );
     assert!(
         stopped_har_export == live_har_export,
         "the same HAR export live and stopped"
