@@ -194,6 +194,17 @@ mod tests {
     use super::*;
     use crate::audit::tests::trail;
 
+    /// A store in a fresh directory (kept as long as the guard) with `count` records, or
+    /// none at all.
+    fn trail_of(count: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        if count > 0 {
+            trail(&store, count);
+        }
+        (dir, store)
+    }
+
     fn written(store: &Store, filter: &Filter, form: Form) -> String {
         let mut out = Vec::new();
         write(store, filter, form, &mut out, |e| {
@@ -205,9 +216,7 @@ mod tests {
 
     #[test]
     fn every_form_holds_the_matching_records_in_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        trail(&store, 12);
+        let (_dir, store) = trail_of(12);
         let newest = Filter {
             limit: Some(3),
             ..Filter::default()
@@ -253,8 +262,7 @@ mod tests {
 
     #[test]
     fn no_matching_record_is_an_empty_document() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let (_dir, store) = trail_of(0);
         let none = Filter::default();
         assert_eq!(written(&store, &none, Form::Jsonl), "");
         assert_eq!(written(&store, &none, Form::Json), r#"{"records":[]}"#);
@@ -269,9 +277,7 @@ mod tests {
     /// limit counts back from it.
     #[test]
     fn a_through_seq_bound_comes_before_the_limit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("open");
-        trail(&store, 5);
+        let (_dir, store) = trail_of(5);
         let through = Filter {
             through_seq: Some(3),
             limit: Some(2),
